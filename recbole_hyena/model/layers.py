@@ -1,0 +1,230 @@
+"""
+recbole_hyena.model.layers
+##########################
+
+The building blocks of the Hyena family: the causal FFT convolution, the short path, the Hyena
+operator and the pre-norm residual block that HyenaRec stacks. The long-kernel generators live in
+``recbole_hyena.model.filters``.
+
+Tensors in the long path are channel-first, ``[B, C, L]``, so that the FFT and the depth-wise
+short convolution both run over the contiguous last dimension.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from recbole_hyena.model.filters import KernelGenerator
+
+_ACTIVATIONS = {
+    "gelu": nn.GELU,
+    "relu": nn.ReLU,
+    "silu": nn.SiLU,
+    "swish": nn.SiLU,
+    "tanh": nn.Tanh,
+}
+
+
+def fast_fft_length(min_length: int) -> int:
+    """The smallest 2^a 3^b 5^c 7^d >= ``min_length``: sizes every FFT backend handles fast,
+    and often much closer to ``2L`` than the next power of two."""
+    best = 1 << max(0, (min_length - 1).bit_length())
+    power7 = 1
+    while power7 < best:
+        power5 = power7
+        while power5 < best:
+            power3 = power5
+            while power3 < best:
+                candidate = power3
+                while candidate < min_length:
+                    candidate *= 2
+                best = min(best, candidate)
+                power3 *= 3
+            power5 *= 5
+        power7 *= 7
+    return best
+
+
+def fft_causal_conv(
+    inputs: torch.Tensor, kernels: torch.Tensor, skip: torch.Tensor | None = None
+) -> torch.Tensor:
+    r"""Causal depth-wise convolution ``y[..., t] = sum_{s<=t} k[c, t-s] u[..., c, s] + d[c] u[..., c, t]``.
+
+    Args:
+        inputs: ``[B, C, L]``.
+        kernels: ``[C, K]`` with ``K >= 1``; taps beyond ``L`` are ignored.
+        skip: optional ``[C]`` per-channel skip term ``d``.
+
+    The FFT runs in float32 even under autocast (half-precision FFTs lose too much accuracy
+    and only accept power-of-two sizes); the result is cast back to the input dtype.
+    """
+    seq_len = inputs.shape[-1]
+    kernels = kernels[..., :seq_len]
+    # Zero-padding both signals to >= 2L - 1 turns the FFT's circular convolution into a linear one.
+    fft_len = fast_fft_length(seq_len + kernels.shape[-1] - 1)
+    with torch.autocast(device_type=inputs.device.type, enabled=False):
+        inputs_f = torch.fft.rfft(inputs.float(), n=fft_len)
+        kernels_f = torch.fft.rfft(kernels.float(), n=fft_len)
+        outputs = torch.fft.irfft(inputs_f * kernels_f, n=fft_len)[..., :seq_len]
+        if skip is not None:
+            outputs = outputs + inputs.float() * skip.float().unsqueeze(-1)
+    return outputs.to(inputs.dtype)
+
+
+class CausalShortConv(nn.Module):
+    """Depth-wise causal convolution of a few taps (optionally dilated, i.e. atrous)."""
+
+    def __init__(self, channels: int, kernel_size: int, dilation: int = 1):
+        super().__init__()
+        if kernel_size < 1 or dilation < 1:
+            raise ValueError(
+                f"short conv needs kernel_size >= 1 and dilation >= 1, got {kernel_size}, {dilation}"
+            )
+        self.left_pad = (kernel_size - 1) * dilation
+        self.conv = nn.Conv1d(channels, channels, kernel_size, groups=channels, dilation=dilation)
+
+    @property
+    def receptive_field(self) -> int:
+        return self.left_pad + 1
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:  # [B, C, L] -> [B, C, L]
+        # Left padding only: output t sees inputs t - left_pad .. t.
+        return self.conv(F.pad(inputs, (self.left_pad, 0)))
+
+
+class ShortPath(nn.Module):
+    r"""In-projection to ``n_streams`` streams of width ``d_model``, a causal short conv and,
+    with ``glu``, GLU gating ``a * sigmoid(b)`` of a doubled projection (HyenaRec's addition
+    for short bursts of interest)."""
+
+    def __init__(
+        self,
+        d_model: int,
+        n_streams: int,
+        kernel_size: int = 3,
+        dilation: int = 1,
+        glu: bool = True,
+    ):
+        super().__init__()
+        self.glu = glu
+        width = n_streams * d_model * (2 if glu else 1)
+        self.in_proj = nn.Linear(d_model, width)
+        self.short_conv = CausalShortConv(width, kernel_size, dilation)
+
+    def forward(
+        self, inputs: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:  # [B, L, D] -> [B, n_streams * D, L]
+        streams = self.in_proj(inputs).transpose(1, 2)
+        if mask is not None:
+            # Padding must look like the conv's own zero padding, not like in_proj's bias.
+            streams = streams * mask
+        streams = self.short_conv(streams)
+        if self.glu:
+            value, gate = streams.chunk(2, dim=1)
+            streams = value * torch.sigmoid(gate)
+        return streams
+
+
+class HyenaOperator(nn.Module):
+    r"""Hyena mixer of order ``N``: ``v_n = h_n * (x_n . v_{n-1}) + d_n . (x_n . v_{n-1})``.
+
+    The short path yields ``N + 1`` streams ``x_1..x_N, v_0``; ``long_filter`` yields the ``N``
+    long kernels (``N * d_model`` channels); ``filter_length`` is the grid the kernels live on,
+    so that a sequence shorter than it sees the same leading taps whatever its padded length.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        order: int,
+        long_filter: KernelGenerator,
+        short_path: ShortPath,
+        filter_length: int,
+    ):
+        super().__init__()
+        if order < 1:
+            raise ValueError(f"hyena_order must be >= 1, got {order}")
+        if long_filter.channels != order * d_model:
+            raise ValueError(
+                f"long filter has {long_filter.channels} channels, expected order * d_model = "
+                f"{order * d_model}"
+            )
+        self.d_model = d_model
+        self.order = order
+        self.filter_length = filter_length
+        self.short_path = short_path
+        self.long_filter = long_filter
+        self.skip = nn.Parameter(torch.empty(order, d_model))
+        self.out_proj = nn.Linear(d_model, d_model)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.ones_(self.skip)
+
+    def kernels(self, seq_len: int) -> torch.Tensor:
+        """The long kernels for a sequence of ``seq_len``: ``[order, d_model, seq_len]``."""
+        if seq_len > self.filter_length:
+            raise ValueError(
+                f"sequence length {seq_len} exceeds the filter length {self.filter_length} "
+                "(MAX_ITEM_LIST_LENGTH the model was built with)"
+            )
+        kernels = self.long_filter(self.filter_length)[:, :seq_len]
+        return kernels.view(self.order, self.d_model, seq_len)
+
+    def forward(
+        self, inputs: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:  # [B, L, D] -> [B, L, D]; mask [B, 1, L], 1 at items
+        streams = self.short_path(inputs, mask)
+        if mask is not None:
+            streams = streams * mask
+        *modulations, value = streams.split(self.d_model, dim=1)
+        kernels = self.kernels(inputs.shape[1])
+        for stage, modulation in enumerate(modulations):
+            value = fft_causal_conv(value * modulation, kernels[stage], self.skip[stage])
+        return self.out_proj(value.transpose(1, 2))
+
+
+class FeedForward(nn.Module):
+    """Position-wise MLP ``D -> inner -> D``."""
+
+    def __init__(self, d_model: int, inner_size: int, dropout: float, activation: str):
+        super().__init__()
+        if activation not in _ACTIVATIONS:
+            raise ValueError(
+                f"hidden_act [{activation}] is not supported; choose one of {sorted(_ACTIVATIONS)}"
+            )
+        self.net = nn.Sequential(
+            nn.Linear(d_model, inner_size),
+            _ACTIVATIONS[activation](),
+            nn.Dropout(dropout),
+            nn.Linear(inner_size, d_model),
+        )
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.net(inputs)
+
+
+class PreNormBlock(nn.Module):
+    """``x + Dropout(Mixer(LN(x)))`` then ``x + Dropout(MLP(LN(x)))``."""
+
+    def __init__(
+        self,
+        d_model: int,
+        mixer: nn.Module,
+        inner_size: int,
+        dropout: float,
+        activation: str = "gelu",
+        layer_norm_eps: float = 1e-12,
+    ):
+        super().__init__()
+        self.mixer_norm = nn.LayerNorm(d_model, eps=layer_norm_eps)
+        self.mixer = mixer
+        self.ffn_norm = nn.LayerNorm(d_model, eps=layer_norm_eps)
+        self.ffn = FeedForward(d_model, inner_size, dropout, activation)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        hidden = hidden + self.dropout(self.mixer(self.mixer_norm(hidden), mask))
+        return hidden + self.dropout(self.ffn(self.ffn_norm(hidden)))

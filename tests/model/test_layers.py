@@ -1,0 +1,161 @@
+"""The operator's pieces against slow, obviously correct references."""
+
+import pytest
+import torch
+
+from recbole_hyena.model.filters import LegendreKernelGenerator, legendre_basis, uniform_grid
+from recbole_hyena.model.layers import (
+    CausalShortConv,
+    HyenaOperator,
+    ShortPath,
+    fast_fft_length,
+    fft_causal_conv,
+)
+
+
+def direct_causal_conv(inputs, kernels, skip=None):
+    """O(L^2) reference: y[b, c, t] = sum_{s<=t} k[c, t-s] u[b, c, s] (+ d[c] u[b, c, t])."""
+    batch, channels, seq_len = inputs.shape
+    outputs = torch.zeros_like(inputs, dtype=torch.float64)
+    for t in range(seq_len):
+        for s in range(t + 1):
+            outputs[..., t] += kernels[:, t - s].double() * inputs[..., s].double()
+    if skip is not None:
+        outputs += skip.double()[:, None] * inputs.double()
+    return outputs
+
+
+@pytest.mark.parametrize("seq_len", [1, 2, 7, 50, 97])
+def test_fft_conv_matches_direct_convolution(seq_len):
+    torch.manual_seed(seq_len)
+    inputs = torch.randn(3, 5, seq_len)
+    kernels = torch.randn(5, seq_len) / seq_len**0.5
+    skip = torch.randn(5)
+    expected = direct_causal_conv(inputs, kernels, skip)
+    assert torch.allclose(fft_causal_conv(inputs, kernels, skip).double(), expected, atol=1e-5)
+    assert torch.allclose(
+        fft_causal_conv(inputs, kernels).double(), direct_causal_conv(inputs, kernels), atol=1e-5
+    )
+
+
+def test_fft_conv_ignores_kernel_taps_beyond_the_input():
+    inputs, kernels = torch.randn(2, 3, 10), torch.randn(3, 40)
+    assert torch.allclose(fft_causal_conv(inputs, kernels), fft_causal_conv(inputs, kernels[:, :10]))
+
+
+def test_fft_conv_runs_in_float32_under_autocast():
+    inputs, kernels = torch.randn(2, 4, 64), torch.randn(4, 64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        outputs = fft_causal_conv(inputs.bfloat16(), kernels)
+    assert outputs.dtype == torch.bfloat16
+    reference = fft_causal_conv(inputs.bfloat16().float(), kernels)
+    assert torch.allclose(outputs.float(), reference, atol=0.05, rtol=0.02)
+
+
+@pytest.mark.parametrize("min_length", [1, 2, 3, 99, 257, 1999, 8191])
+def test_fast_fft_length_is_smooth_and_not_wasteful(min_length):
+    length = fast_fft_length(min_length)
+    assert min_length <= length <= 2 * min_length
+    remainder = length
+    for prime in (2, 3, 5, 7):
+        while remainder % prime == 0:
+            remainder //= prime
+    assert remainder == 1
+
+
+def test_legendre_recurrence_gives_known_polynomials():
+    grid = torch.linspace(-1, 1, 101, dtype=torch.float64)
+    basis = legendre_basis(grid, 5)
+    expected = [
+        torch.ones_like(grid),
+        grid,
+        (3 * grid**2 - 1) / 2,
+        (5 * grid**3 - 3 * grid) / 2,
+        (35 * grid**4 - 30 * grid**2 + 3) / 8,
+    ]
+    for k in range(5):
+        assert torch.allclose(basis[:, k], expected[k], atol=1e-12)
+
+
+def test_legendre_basis_is_orthogonal_and_bounded():
+    grid = uniform_grid(20001)
+    basis = legendre_basis(grid, 64)
+    assert basis.abs().max() <= 1 + 1e-9
+    # Trapezoid rule for int_{-1}^{1} P_m P_n dx = 2 / (2n + 1) delta_mn.
+    weights = torch.full_like(grid, 2 / (len(grid) - 1))
+    weights[[0, -1]] /= 2
+    gram = basis.T @ (basis * weights[:, None])
+    expected = torch.diag(2 / (2 * torch.arange(64, dtype=torch.float64) + 1))
+    assert torch.allclose(gram, expected, atol=1e-3)
+
+
+@pytest.mark.parametrize("seq_len", [1, 2, 50, 1000])
+def test_legendre_kernels_have_unit_norm_per_channel(seq_len):
+    generator = LegendreKernelGenerator(channels=6, n_basis=64)
+    kernels = generator(seq_len)
+    assert kernels.shape == (6, seq_len)
+    assert torch.isfinite(kernels).all()
+    assert torch.allclose(kernels.norm(dim=-1), torch.ones(6), atol=1e-5)
+
+
+def test_basis_is_built_once_per_length():
+    generator = LegendreKernelGenerator(channels=4, n_basis=8)
+    generator(30)
+    first = generator.basis(30)
+    generator(30)
+    assert generator.basis(30) is first
+    assert "coefficients" in generator.state_dict() and len(generator.state_dict()) == 1
+
+
+@pytest.mark.parametrize("dilation", [1, 3])
+def test_short_conv_is_causal_with_the_stated_receptive_field(dilation):
+    conv = CausalShortConv(channels=2, kernel_size=3, dilation=dilation)
+    inputs = torch.randn(1, 2, 20, requires_grad=True)
+    conv(inputs)[..., 12].sum().backward()
+    touched = (inputs.grad.abs().sum(dim=(0, 1)) > 0).nonzero().flatten().tolist()
+    assert touched == [12 - dilation * j for j in (2, 1, 0)]
+    assert conv.receptive_field == 2 * dilation + 1
+
+
+def make_operator(d_model=8, order=2, glu=True, filter_length=40):
+    torch.manual_seed(0)
+    return HyenaOperator(
+        d_model,
+        order,
+        LegendreKernelGenerator(order * d_model, n_basis=16),
+        ShortPath(d_model, order + 1, kernel_size=3, glu=glu),
+        filter_length,
+    )
+
+
+@pytest.mark.parametrize("glu", [True, False])
+def test_operator_is_causal_by_autograd(glu):
+    operator = make_operator(glu=glu)
+    inputs = torch.randn(2, 30, 8, requires_grad=True)
+    for t in (0, 11, 28):
+        inputs.grad = None
+        operator(inputs)[:, t].sum().backward()
+        # FFT round-off leaves ~1e-9; a real leak would be of the order of the causal part.
+        past = inputs.grad[:, : t + 1].abs().max()
+        assert past > 0
+        assert inputs.grad[:, t + 1 :].abs().max() <= 1e-6 * past
+
+
+def test_operator_output_does_not_depend_on_padding_side_or_amount():
+    operator = make_operator()
+    items = torch.randn(1, 12, 8)
+    ones = torch.ones(1, 1, 12)
+    reference = operator(items, ones)
+    # right padding with junk in the padded slots
+    right = torch.cat([items, torch.randn(1, 9, 8)], dim=1)
+    right_mask = torch.cat([ones, torch.zeros(1, 1, 9)], dim=-1)
+    assert torch.allclose(operator(right, right_mask)[:, :12], reference, atol=1e-5)
+    # left padding: the mask zeroes the padded streams, so the valid outputs are unchanged
+    left = torch.cat([torch.randn(1, 9, 8), items], dim=1)
+    left_mask = torch.cat([torch.zeros(1, 1, 9), ones], dim=-1)
+    assert torch.allclose(operator(left, left_mask)[:, 9:], reference, atol=1e-5)
+
+
+def test_operator_rejects_sequences_longer_than_its_filter():
+    with pytest.raises(ValueError, match="filter length 40"):
+        make_operator()(torch.randn(1, 41, 8))
