@@ -2,11 +2,16 @@
 recbole_hyena.model.abstract_recommender
 ########################################
 
-``CausalSequentialRecommender``: what every causal model of the plugin shares. A subclass
-implements ``forward_sequence`` (a representation at every position); this class turns it into
-RecBole's ``forward`` (the last valid position), weight-tied scores with an optional item bias,
-and two losses: RecBole's prefix loss on ``POS_ITEM_ID`` (CE or BPR) and, when a batch carries a
-per-position target list (the all-position data path), cross-entropy at every target.
+What the plugin's causal models share.
+
+- ``AllPositionMixin`` adds all-position training to any causal RecBole model that can return a
+  representation at every position (``forward_sequence``): when a batch carries a per-position
+  target list (the ``train_mode: autoregressive`` data path), the loss is cross-entropy at every
+  target; otherwise the model's own (prefix) loss runs unchanged.
+- ``CausalSequentialRecommender`` is the base of the plugin's own models: subclasses implement
+  ``forward_sequence`` and get RecBole's ``forward`` (last valid position), weight-tied scores
+  with an optional learnable item bias, the prefix losses (CE or BPR), ``predict`` and
+  ``full_sort_predict``.
 """
 
 from __future__ import annotations
@@ -16,16 +21,55 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.model.loss import BPRLoss
 from torch import nn
 
-# Field prefix of the per-position targets written by the all-position (autoregressive) data path.
+# Prefix of the per-position target field written by the all-position data path:
+# "target_" + ITEM_SEQ, e.g. ``target_item_id_list``; 0 marks a position without a target.
 TARGET_PREFIX = "target_"
 
 
-class CausalSequentialRecommender(SequentialRecommender):
-    """A sequential recommender whose output at position t depends on items 0..t only."""
+class AllPositionMixin:
+    """All-position cross-entropy for a causal model; put it first among the base classes."""
+
+    @property
+    def TARGET_ITEM_SEQ(self) -> str:
+        return TARGET_PREFIX + self.ITEM_SEQ
+
+    def forward_sequence(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:
+        """Representations at every position, ``[B, L, H]``; position t sees items 0..t."""
+        raise NotImplementedError
+
+    def item_scores(
+        self, seq_output: torch.Tensor, items: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Weight-tied scores of ``items`` (same leading shape as ``seq_output``) or of all items,
+        plus ``item_bias`` when the model has one."""
+        bias = getattr(self, "item_bias", None)
+        if items is None:
+            scores = seq_output @ self.item_embedding.weight.transpose(0, 1)
+            return scores if bias is None else scores + bias
+        scores = (seq_output * self.item_embedding(items)).sum(dim=-1)
+        return scores if bias is None else scores + bias[items]
+
+    def calculate_loss(self, interaction) -> torch.Tensor:
+        if self.TARGET_ITEM_SEQ not in interaction:
+            return super().calculate_loss(interaction)
+        if self.loss_type != "CE":
+            raise ValueError(
+                f"train_mode 'autoregressive' needs loss_type 'CE', got [{self.loss_type}]"
+            )
+        item_seq = interaction[self.ITEM_SEQ]
+        targets = interaction[self.TARGET_ITEM_SEQ]  # [B, L]
+        output = self.forward_sequence(item_seq, interaction[self.ITEM_SEQ_LEN])  # [B, L, H]
+        has_target = targets > 0
+        logits = self.item_scores(output[has_target])  # [n_targets, n_items]
+        return nn.functional.cross_entropy(logits, targets[has_target])
+
+
+class WeightTiedSequentialRecommender(SequentialRecommender):
+    """RecBole's prefix protocol on top of ``forward_sequence``: the last valid position scores
+    the next item, CE over all items or BPR against the sampled negative."""
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
-        self.TARGET_ITEM_SEQ = TARGET_PREFIX + self.ITEM_SEQ
         self.loss_type = config["loss_type"]
         if self.loss_type == "BPR":
             self.loss_fct = BPRLoss()
@@ -38,49 +82,18 @@ class CausalSequentialRecommender(SequentialRecommender):
         # Subclasses with a learnable item bias replace this by an nn.Parameter [n_items].
         self.item_bias: torch.Tensor | None = None
 
-    def forward_sequence(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:
-        """Representations at every position, ``[B, L, H]``; position t sees items 0..t."""
-        raise NotImplementedError
-
     def forward(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:
         output = self.forward_sequence(item_seq, item_seq_len)  # [B, L, H]
         return self.gather_indexes(output, item_seq_len - 1)  # [B, H]
 
-    def item_scores(
-        self, seq_output: torch.Tensor, items: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """Scores of ``items`` (same leading shape as ``seq_output``), or of every item."""
-        if items is None:
-            scores = seq_output @ self.item_embedding.weight.transpose(0, 1)
-            return scores if self.item_bias is None else scores + self.item_bias
-        scores = (seq_output * self.item_embedding(items)).sum(dim=-1)
-        return scores if self.item_bias is None else scores + self.item_bias[items]
-
     def calculate_loss(self, interaction) -> torch.Tensor:
-        item_seq = interaction[self.ITEM_SEQ]
-        item_seq_len = interaction[self.ITEM_SEQ_LEN]
-        if self.TARGET_ITEM_SEQ in interaction:
-            return self._all_position_loss(
-                item_seq, item_seq_len, interaction[self.TARGET_ITEM_SEQ]
-            )
-        seq_output = self.forward(item_seq, item_seq_len)
+        seq_output = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
         pos_items = interaction[self.POS_ITEM_ID]
         if self.loss_type == "BPR":
-            neg_items = interaction[self.NEG_ITEM_ID]
             pos_score = self.item_scores(seq_output, pos_items)
-            neg_score = self.item_scores(seq_output, neg_items)
+            neg_score = self.item_scores(seq_output, interaction[self.NEG_ITEM_ID])
             return self.loss_fct(pos_score, neg_score)
         return self.loss_fct(self.item_scores(seq_output), pos_items)
-
-    def _all_position_loss(
-        self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, targets: torch.Tensor
-    ) -> torch.Tensor:
-        """Cross-entropy of the next item at every position that has one (target 0 = none)."""
-        if self.loss_type != "CE":
-            raise NotImplementedError("all-position training needs loss_type CE")
-        output = self.forward_sequence(item_seq, item_seq_len)  # [B, L, H]
-        has_target = targets > 0
-        return self.loss_fct(self.item_scores(output[has_target]), targets[has_target])
 
     def predict(self, interaction) -> torch.Tensor:
         seq_output = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
@@ -89,3 +102,8 @@ class CausalSequentialRecommender(SequentialRecommender):
     def full_sort_predict(self, interaction) -> torch.Tensor:
         seq_output = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
         return self.item_scores(seq_output)  # [B, n_items]
+
+
+class CausalSequentialRecommender(AllPositionMixin, WeightTiedSequentialRecommender):
+    """Base of the plugin's causal models: implement ``forward_sequence``, define
+    ``item_embedding`` (and optionally ``item_bias``), and both training modes work."""

@@ -40,7 +40,9 @@ def test_fft_conv_matches_direct_convolution(seq_len):
 
 def test_fft_conv_ignores_kernel_taps_beyond_the_input():
     inputs, kernels = torch.randn(2, 3, 10), torch.randn(3, 40)
-    assert torch.allclose(fft_causal_conv(inputs, kernels), fft_causal_conv(inputs, kernels[:, :10]))
+    assert torch.allclose(
+        fft_causal_conv(inputs, kernels), fft_causal_conv(inputs, kernels[:, :10])
+    )
 
 
 def test_fft_conv_runs_in_float32_under_autocast():
