@@ -1,0 +1,104 @@
+"""
+FlashSASRec
+################################################
+
+RecBole's SASRec with its attention computed by PyTorch's fused
+``torch.nn.functional.scaled_dot_product_attention`` (flash / memory-efficient kernels), so that
+it runs at sequence lengths where RecBole's explicit ``[B, heads, L, L]`` score tensor does not
+fit. Same layers, config keys and state dict as RecBole's SASRec; same outputs at every real
+position.
+
+Reference:
+    Wang-Cheng Kang et al. "Self-Attentive Sequential Recommendation." in ICDM 2018.
+    Tri Dao et al. "FlashAttention: Fast and Memory-Efficient Exact Attention with IO-Awareness."
+    in NeurIPS 2022.
+"""
+
+from __future__ import annotations
+
+import torch
+from recbole.model.layers import MultiHeadAttention
+from torch import nn
+
+from recbole_hyena.model.sequential_recommender.zoo_adapters import SASRec
+
+
+class SDPAMultiHeadAttention(MultiHeadAttention):
+    r"""RecBole's ``MultiHeadAttention`` (same parameters: query, key, value, dense, LayerNorm,
+    attention and output dropouts) whose attention runs in one fused SDPA call.
+
+    ``attention_mask`` is ``None`` for plain causal attention (the fused kernels' fast path) or a
+    boolean tensor broadcastable to ``[B, heads, L, L]``, True where a query may attend a key.
+    """
+
+    def forward(self, input_tensor: torch.Tensor, attention_mask: torch.Tensor | None):
+        batch_size, seq_len, _ = input_tensor.shape
+        heads_shape = (batch_size, seq_len, self.num_attention_heads, self.attention_head_size)
+        # [B, heads, L, head_size]
+        query = self.query(input_tensor).view(heads_shape).transpose(1, 2)
+        key = self.key(input_tensor).view(heads_shape).transpose(1, 2)
+        value = self.value(input_tensor).view(heads_shape).transpose(1, 2)
+
+        # SDPA's default scale is 1 / sqrt(head_size), RecBole's; its dropout acts on the
+        # attention probabilities, as RecBole's attn_dropout does.
+        context = nn.functional.scaled_dot_product_attention(
+            query,
+            key,
+            value,
+            attn_mask=attention_mask,
+            dropout_p=self.attn_dropout.p if self.training else 0.0,
+            is_causal=attention_mask is None,
+        )  # [B, heads, L, head_size]
+        context = context.transpose(1, 2).reshape(batch_size, seq_len, self.all_head_size)
+        hidden_states = self.out_dropout(self.dense(context))
+        return self.LayerNorm(hidden_states + input_tensor)  # [B, L, H]
+
+
+class FlashSASRec(SASRec):
+    r"""SASRec on fused attention: the plugin's SASRec (RecBole's model with all-position
+    training) whose attention modules are swapped for :class:`SDPAMultiHeadAttention`.
+
+    A RecBole ``SASRec`` checkpoint loads unchanged. Causal masking costs no memory on
+    right-padded batches (RecBole's layout); other padding layouts fall back to an explicit
+    boolean mask.
+    """
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+
+        # load parameters info: RecBole's SASRec has read them all (n_heads, hidden_size, ...)
+
+        # define layers and loss: the same parameters in a module whose forward calls SDPA
+        for layer in self.trm_encoder.layer:
+            fused = SDPAMultiHeadAttention(
+                self.n_heads,
+                self.hidden_size,
+                self.hidden_dropout_prob,
+                self.attn_dropout_prob,
+                self.layer_norm_eps,
+            )
+            fused.load_state_dict(layer.multi_head_attention.state_dict())
+            layer.multi_head_attention = fused
+
+        # parameters initialization: copied from the modules RecBole's SASRec initialised
+
+    def get_attention_mask(
+        self, item_seq: torch.Tensor, bidirectional: bool = False
+    ) -> torch.Tensor | None:
+        """Overrides ``SequentialRecommender.get_attention_mask``, which builds an additive float
+        ``[B, 1, L, L]`` mask (32 GB at B=128, L=8000) and keeps SDPA off its fused path.
+
+        ``None`` (causal attention, no mask tensor) when every sequence is right-padded: a real
+        position then only sees real items before it, exactly RecBole's causal + padding mask.
+        Otherwise a boolean ``[B, 1, L, L]`` mask, causal and padding, where each query may also
+        see itself so that no row is fully masked (a fully masked row is NaN in some kernels).
+        """
+        if bidirectional:
+            raise ValueError("FlashSASRec is causal; a bidirectional mask is not supported")
+        is_item = item_seq != 0  # [B, L]
+        if not (is_item[:, 1:] & ~is_item[:, :-1]).any():
+            return None
+        seq_len = item_seq.size(1)
+        eye = torch.eye(seq_len, dtype=torch.bool, device=item_seq.device)
+        visible = is_item.unsqueeze(1) | eye  # [B, L, L]: key is an item, or the query itself
+        return visible.tril().unsqueeze(1)  # [B, 1, L, L]
