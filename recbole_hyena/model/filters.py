@@ -4,7 +4,12 @@ recbole_hyena.model.filters
 
 Long-kernel generators for the Hyena operator, behind one interface (``KernelGenerator``): asked
 for a length ``L``, a generator returns causal depth-wise kernels ``[channels, L]``. A model picks
-one by the ``filter_type`` config value through ``build_kernel_generator``.
+one by the ``filter_type`` config value through ``build_kernel_generator``:
+
+- ``legendre``: HyenaRec's fixed Legendre basis with learnable coefficients;
+- ``chebyshev`` and ``fourier``: the same with a Chebyshev or a sin/cos basis (ablations);
+- ``implicit``: the original Hyena filter, a sine MLP over positional features of the time grid
+  times an exponentially decaying window ("w/o PK" and HyenaVanilla).
 """
 
 from __future__ import annotations
@@ -27,6 +32,42 @@ def legendre_basis(grid: torch.Tensor, n_basis: int) -> torch.Tensor:
     for k in range(1, n_basis - 1):
         polys.append(((2 * k + 1) * grid * polys[k] - k * polys[k - 1]) / (k + 1))
     return torch.stack(polys[:n_basis], dim=-1)
+
+
+def chebyshev_basis(grid: torch.Tensor, n_basis: int) -> torch.Tensor:
+    r"""Chebyshev polynomials of the first kind ``T_0..T_{n-1}`` at ``grid`` by the recurrence
+    ``T_{k+1} = 2 x T_k - T_{k-1}``; ``T_k(cos t) = cos(k t)``, so ``|T_k| <= 1`` on [-1, 1].
+    Returns ``[len(grid), n_basis]``."""
+    polys = [torch.ones_like(grid), grid]
+    for k in range(1, n_basis - 1):
+        polys.append(2 * grid * polys[k] - polys[k - 1])
+    return torch.stack(polys[:n_basis], dim=-1)
+
+
+def periodic_grid(seq_len: int, device=None, dtype=torch.float64) -> torch.Tensor:
+    """``t_n = n / seq_len`` for ``n < seq_len``: one period of [0, 1) without its end point, the
+    grid on which sampled sines and cosines are exactly orthogonal."""
+    return torch.arange(seq_len, device=device, dtype=dtype) / seq_len
+
+
+def fourier_basis(grid: torch.Tensor, n_basis: int) -> torch.Tensor:
+    r"""The real Fourier basis of period 1 at ``grid``, lowest frequency first:
+    ``1, cos(2 pi t), sin(2 pi t), cos(4 pi t), sin(4 pi t), ...``; returns ``[len(grid), n_basis]``.
+
+    Ordering by frequency makes truncating to the first ``P`` functions a low-pass filter, which
+    is what the cumulative-energy criterion on the coefficients assumes."""
+    columns = [torch.ones_like(grid)]
+    for index in range(1, n_basis):
+        angle = 2 * math.pi * ((index + 1) // 2) * grid
+        columns.append(torch.cos(angle) if index % 2 else torch.sin(angle))
+    return torch.stack(columns, dim=-1)
+
+
+def _option(config, key: str, default):
+    """``config[key]``, or ``default`` where the key is absent or None (``config`` is a RecBole
+    ``Config`` or a plain dict, e.g. the one stored in a checkpoint)."""
+    value = config[key] if key in config else None
+    return default if value is None else value
 
 
 class KernelGenerator(nn.Module):
@@ -109,7 +150,145 @@ class LegendreKernelGenerator(BasisKernelGenerator):
         return legendre_basis(uniform_grid(seq_len, device), self.n_basis)
 
 
-KERNEL_GENERATORS: dict[str, type[KernelGenerator]] = {"legendre": LegendreKernelGenerator}
+class ChebyshevKernelGenerator(BasisKernelGenerator):
+    """Ablation "HyenaRec (Chebyshev)": Chebyshev polynomials on a uniform grid over [-1, 1]."""
+
+    def build_basis(self, seq_len: int, device: torch.device) -> torch.Tensor:
+        return chebyshev_basis(uniform_grid(seq_len, device), self.n_basis)
+
+
+class FourierKernelGenerator(BasisKernelGenerator):
+    """Ablation "HyenaRec (Fourier)": sines and cosines of period 1 on the grid ``n / L``."""
+
+    def build_basis(self, seq_len: int, device: torch.device) -> torch.Tensor:
+        return fourier_basis(periodic_grid(seq_len, device), self.n_basis)
+
+
+class Sine(nn.Module):
+    """``sin(omega * freq * x)`` with a learnable frequency ``freq`` per feature (initialised
+    to 1): the activation of the implicit filter's MLP."""
+
+    def __init__(self, features: int, omega: float = 1.0):
+        super().__init__()
+        self.omega = omega
+        self.freq = nn.Parameter(torch.empty(features))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.ones_(self.freq)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return torch.sin(self.omega * self.freq * inputs)
+
+
+class ImplicitKernelGenerator(KernelGenerator):
+    r"""The original Hyena filter (Poli et al., ICML 2023), used by "w/o PK" and HyenaVanilla.
+
+    For each tap ``n`` of a length-``L`` kernel the features are the normalised time
+    ``t_n = n / (L - 1)`` and ``cos(f_k w_n), -sin(f_k w_n)`` (real and imaginary parts of
+    ``exp(-i f_k w_n)``, ``w_n = 2 pi n / L``) for ``bands`` frequencies ``f_k`` spread over
+    ``[1e-4, bands - 1]``. A small MLP with sine activations maps them to one value per channel,
+    and a window ``exp(-a_c t_n) + shift`` with per-channel decay rates ``a_c`` (from slow to
+    fast) makes distant taps fade.
+
+    The features and the window depend only on the length and are cached like the bases.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        emb_dim: int = 33,
+        width: int = 64,
+        n_hidden: int = 2,
+        sin_freq: float = 1.0,
+        decay_target: float = 1e-2,
+        fast_decay_pct: float = 0.3,
+        slow_decay_pct: float = 1.5,
+        window_shift: float = 0.0,
+        normalize: bool = True,
+    ):
+        super().__init__(channels, normalize)
+        if emb_dim < 3 or emb_dim % 2 == 0:
+            raise ValueError(
+                f"implicit_filter_emb_dim must be odd and >= 3 (time plus cos/sin pairs), got {emb_dim}"
+            )
+        if width < 1 or n_hidden < 0:
+            raise ValueError(
+                f"implicit filter needs width >= 1 and n_hidden >= 0, got {width}, {n_hidden}"
+            )
+        if not 0 < decay_target < 1 or not 0 < fast_decay_pct <= slow_decay_pct:
+            raise ValueError(
+                "implicit filter window needs 0 < decay_target < 1 and "
+                f"0 < fast_decay_pct <= slow_decay_pct, got {decay_target}, {fast_decay_pct}, "
+                f"{slow_decay_pct}"
+            )
+        self.bands = (emb_dim - 1) // 2
+        self.window_shift = window_shift
+        layers = [nn.Linear(emb_dim, width), Sine(width, sin_freq)]
+        for _ in range(n_hidden):
+            layers += [nn.Linear(width, width), Sine(width, sin_freq)]
+        layers.append(nn.Linear(width, channels, bias=False))
+        self.mlp = nn.Sequential(*layers)
+        # The window reaches decay_target at t = fast_decay_pct for the fastest channel and at
+        # t = slow_decay_pct for the slowest one: channels see history at several time scales.
+        rate_range = (
+            -math.log(decay_target) / slow_decay_pct,
+            -math.log(decay_target) / fast_decay_pct,
+        )
+        self.register_buffer("decay_rates", torch.linspace(*rate_range, channels), persistent=False)
+        self._feature_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.reset_parameters()
+
+    @classmethod
+    def from_config(cls, channels: int, config) -> ImplicitKernelGenerator:
+        return cls(
+            channels,
+            emb_dim=_option(config, "implicit_filter_emb_dim", 33),
+            width=_option(config, "implicit_filter_width", 64),
+            n_hidden=_option(config, "implicit_filter_n_hidden", 2),
+            sin_freq=_option(config, "implicit_filter_sin_freq", 1.0),
+            decay_target=_option(config, "implicit_filter_decay_target", 1e-2),
+            fast_decay_pct=_option(config, "implicit_filter_fast_decay_pct", 0.3),
+            slow_decay_pct=_option(config, "implicit_filter_slow_decay_pct", 1.5),
+            window_shift=_option(config, "implicit_filter_window_shift", 0.0),
+            normalize=_option(config, "normalize_kernel", True),
+        )
+
+    def reset_parameters(self) -> None:
+        # PyTorch's own Linear initialisation (not RecBole's N(0, 0.02)): with weights that
+        # small every sine would stay in its linear range and all kernels would look alike.
+        for module in self.mlp:
+            module.reset_parameters()
+
+    def features(self, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Positional features ``[L, emb_dim]`` and the time grid ``t [L]`` (cached)."""
+        weight = self.mlp[0].weight
+        key = (seq_len, weight.device, weight.dtype)
+        cached = self._feature_cache.get(key)
+        if cached is None:
+            steps = torch.arange(seq_len, device=weight.device, dtype=torch.float64)
+            time = steps / max(seq_len - 1, 1)
+            angles = 2 * math.pi * steps / seq_len
+            freqs = torch.linspace(1e-4, self.bands - 1, self.bands, dtype=torch.float64)
+            phase = angles.unsqueeze(-1) * freqs.to(weight.device)  # [L, bands]
+            features = torch.cat([time.unsqueeze(-1), torch.cos(phase), -torch.sin(phase)], dim=-1)
+            cached = (features.to(weight.dtype), time.to(weight.dtype))
+            self._feature_cache[key] = cached
+        return cached
+
+    def raw_kernels(self, seq_len: int) -> torch.Tensor:
+        features, time = self.features(seq_len)
+        kernels = self.mlp(features).transpose(0, 1)  # [C, L]
+        window = torch.exp(-self.decay_rates.unsqueeze(-1) * time) + self.window_shift
+        return kernels * window
+
+
+KERNEL_GENERATORS: dict[str, type[KernelGenerator]] = {
+    "legendre": LegendreKernelGenerator,
+    "chebyshev": ChebyshevKernelGenerator,
+    "fourier": FourierKernelGenerator,
+    "implicit": ImplicitKernelGenerator,
+}
 
 
 def build_kernel_generator(name: str, channels: int, config) -> KernelGenerator:

@@ -1,5 +1,24 @@
 from recbole_hyena.model.sequential_recommender.flashsasrec import FlashSASRec
-from recbole_hyena.model.sequential_recommender.hyenarec import HyenaRec
+from recbole_hyena.model.sequential_recommender.hyenarec import (
+    AtrousHyena,
+    HyenaRec,
+    HyenaRecChebyshev,
+    HyenaRecFourier,
+    HyenaRecWoGLU,
+    HyenaRecWoPK,
+    HyenaVanilla,
+)
 from recbole_hyena.model.sequential_recommender.zoo_adapters import GRU4Rec, SASRec
 
-__all__ = ["FlashSASRec", "GRU4Rec", "HyenaRec", "SASRec"]
+__all__ = [
+    "AtrousHyena",
+    "FlashSASRec",
+    "GRU4Rec",
+    "HyenaRec",
+    "HyenaRecChebyshev",
+    "HyenaRecFourier",
+    "HyenaRecWoGLU",
+    "HyenaRecWoPK",
+    "HyenaVanilla",
+    "SASRec",
+]

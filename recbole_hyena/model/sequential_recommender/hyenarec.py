@@ -103,3 +103,33 @@ class HyenaRec(CausalSequentialRecommender):
         for block in self.blocks:
             hidden = block(hidden, mask)
         return self.final_norm(hidden)  # [B, L, H]
+
+
+# The paper's ablations (Table 4 and Appendix C). Each is HyenaRec under another name with its
+# own property file, which sets the value that differs; no code changes.
+
+
+class HyenaRecWoPK(HyenaRec):
+    """HyenaRec w/o PK: the original Hyena implicit filter instead of the polynomial kernel
+    (``filter_type: implicit``)."""
+
+
+class HyenaRecWoGLU(HyenaRec):
+    """HyenaRec w/o GLU: a plain short convolution, no GLU gating (``use_glu: False``)."""
+
+
+class HyenaRecFourier(HyenaRec):
+    """HyenaRec (Fourier): kernels from a fixed sin/cos basis (``filter_type: fourier``)."""
+
+
+class HyenaRecChebyshev(HyenaRec):
+    """HyenaRec (Chebyshev): kernels from a Chebyshev basis (``filter_type: chebyshev``)."""
+
+
+class HyenaVanilla(HyenaRec):
+    """The original Hyena in this recommender: implicit filter and no GLU
+    (``filter_type: implicit``, ``use_glu: False``)."""
+
+
+class AtrousHyena(HyenaVanilla):
+    """HyenaVanilla with an atrous (dilated) short convolution (``short_conv_dilation: 2``)."""
