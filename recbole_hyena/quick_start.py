@@ -16,6 +16,7 @@ import torch.distributed as dist
 from recbole.data.transform import construct_transform
 from recbole.utils import get_environment, get_flops, init_logger, init_seed, set_color
 
+from recbole_hyena.checkpoint import save_run_bundle
 from recbole_hyena.config import Config
 from recbole_hyena.data import create_dataset, data_preparation
 from recbole_hyena.utils import get_model, get_trainer
@@ -95,6 +96,8 @@ def run_recbole_hyena(
     test_result = trainer.evaluate(
         test_data, load_best_model=saved, show_progress=config["show_progress"]
     )
+    if saved:  # beside the checkpoint, a weights_only bundle for recbole_hyena.recommend
+        save_run_bundle(trainer.saved_model_file, model, config, dataset)
 
     environment_tb = get_environment(config)
     logger.info("The running environment of this training is as follows:\n" + environment_tb.draw())
