@@ -129,7 +129,10 @@ def launch(model: str, args, config_dict: dict, cache_file: Path) -> dict:
         ]
         if keep:
             command += ["--child-keep", keep]
-        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+        # This checkout first, then whatever the caller's path holds (e.g. RecBole installed
+        # with --target on a machine where the plugin is not installed).
+        python_path = [str(REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(python_path)}
         start = time.perf_counter()
         try:
             process = subprocess.run(
