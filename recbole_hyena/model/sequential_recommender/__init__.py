@@ -8,6 +8,7 @@ from recbole_hyena.model.sequential_recommender.hyenarec import (
     HyenaRecWoPK,
     HyenaVanilla,
 )
+from recbole_hyena.model.sequential_recommender.hytrec import HyTRec
 from recbole_hyena.model.sequential_recommender.zoo_adapters import GRU4Rec, SASRec
 
 __all__ = [
@@ -20,5 +21,6 @@ __all__ = [
     "HyenaRecWoGLU",
     "HyenaRecWoPK",
     "HyenaVanilla",
+    "HyTRec",
     "SASRec",
 ]
