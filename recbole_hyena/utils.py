@@ -36,7 +36,14 @@ def get_model(model_name: str) -> type[AbstractRecommender]:
     model_class = getattr(plugin_models, model_name, None)
     if isinstance(model_class, type) and issubclass(model_class, AbstractRecommender):
         return model_class
-    return recbole_get_model(model_name)
+    try:
+        return recbole_get_model(model_name)
+    except (ValueError, ImportError) as error:
+        # RecBole's lookup imports its exlib models on a miss, which fails without lightgbm.
+        raise ValueError(
+            f"model [{model_name}] is neither a recbole_hyena model ({', '.join(plugin_models.__all__)}) "
+            f"nor a RecBole model ({error})"
+        ) from None
 
 
 def get_trainer(model_type, model_name: str) -> type:

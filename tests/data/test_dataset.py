@@ -1,0 +1,128 @@
+"""The long-history data path against RecBole's stock sequential path, and its own promises."""
+
+import numpy as np
+import pytest
+import torch
+
+from recbole_hyena.config import Config
+from recbole_hyena.data import create_dataset, data_preparation
+from recbole_hyena.data.synthetic import user_histories, write_synthetic_dataset
+from recbole_hyena.trainer import with_safe_checkpoints
+from recbole_hyena.utils import get_model
+
+FIELDS = ["user_id", "item_id", "item_length", "item_id_list", "timestamp_list"]
+
+
+def prepare(model="HyenaRec", dataset="ml-100k", **overrides):
+    config_dict = {"use_gpu": False, "show_progress": False, "MAX_ITEM_LIST_LENGTH": 20}
+    config = Config(model=model, dataset=dataset, config_dict={**config_dict, **overrides})
+    return config, data_preparation(config, create_dataset(config))
+
+
+def sample_rows(loader) -> np.ndarray:
+    """Every sample of a loader as one integer row, sorted, so two loaders compare as multisets."""
+    rows = []
+    for batch in loader:
+        batch = batch[0] if isinstance(batch, tuple) else batch
+        columns = [batch[f].reshape(len(batch[f]), -1).long() for f in FIELDS]
+        rows.append(torch.cat(columns, dim=1).numpy())
+    rows = np.concatenate(rows)
+    return rows[np.lexsort(rows.T[::-1])]
+
+
+@pytest.fixture(scope="module")
+def stock_and_plugin():
+    stock = prepare(long_history_dataset=False, train_mode="prefix", history_mask=False)
+    plugin = prepare(train_mode="prefix", history_mask=False)
+    return stock, plugin
+
+
+def test_samples_equal_recboles_stock_split(stock_and_plugin):
+    (_, stock_loaders), (_, plugin_loaders) = stock_and_plugin
+    for stock, plugin in zip(stock_loaders, plugin_loaders):
+        assert np.array_equal(sample_rows(stock), sample_rows(plugin))
+
+
+def test_metrics_equal_the_stock_path_for_a_fixed_model(stock_and_plugin):
+    (config, (train, _, stock_test)), (_, (_, _, plugin_test)) = stock_and_plugin
+    torch.manual_seed(0)
+    model = get_model("HyenaRec")(config, train._dataset)
+    trainer = with_safe_checkpoints(__import__("recbole").trainer.Trainer)(config, model)
+    stock = trainer.evaluate(stock_test, load_best_model=False)
+    plugin = trainer.evaluate(plugin_test, load_best_model=False)
+    assert stock == plugin
+
+
+def test_windows_cover_every_training_target_once_without_leaks():
+    config, (train, valid, test) = prepare(train_mode="autoregressive")
+    data = train._dataset
+    assert data.autoregressive
+    items = data.inter_feat["item_id"]
+    seen_rows = []
+    for index in np.array_split(np.arange(len(data)), 7):
+        batch = data[index]
+        rows = torch.from_numpy(data.input_start[index])[:, None] + torch.arange(20)
+        has_target = batch["target_item_id_list"] > 0
+        # the target of input position t is the next row: never inside its own input 0..t
+        assert torch.equal(batch["target_item_id_list"][has_target], items[(rows + 1)[has_target]])
+        assert torch.equal(has_target, batch["item_id_list"] > 0)
+        seen_rows.append((rows + 1)[has_target])
+    seen_rows = torch.cat(seen_rows).sort().values
+    # every training target of the stock split (users' rows 1 .. n-3), each exactly once
+    expected = []
+    for start, end in zip(data.user_row_start, data.user_row_end):
+        n = end - start
+        held_out = min(2, max(n - 2, 0))
+        expected.extend(range(start + 1, end - held_out))
+    assert torch.equal(seen_rows, torch.tensor(expected))
+
+
+def test_history_mask_removes_exactly_the_input_items():
+    _, (_, _, test) = prepare(history_mask=True)
+    interaction, history_index, _, _ = next(iter(test))
+    rows, items = history_index
+    for row in range(len(interaction)):
+        sequence = interaction["item_id_list"][row]
+        assert set(items[rows == row].tolist()) == set(sequence[sequence > 0].tolist())
+    _, (_, _, unmasked) = prepare(history_mask=False)
+    assert next(iter(unmasked))[1] is None
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"train_mode": "all"}, "train_mode"),
+        ({"history_mask": "yes"}, "history_mask"),
+        ({"train_mode": "autoregressive", "long_history_dataset": False}, "long_history_dataset"),
+    ],
+)
+def test_bad_values_of_the_new_keys_are_named(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        prepare(**overrides)
+
+
+def test_autoregressive_mode_refuses_a_non_causal_model():
+    with pytest.raises(ValueError, match=r"model \[NARM\]"):
+        prepare(model="NARM", train_mode="autoregressive")
+
+
+def test_synthetic_histories_plant_bursts_of_successors():
+    rng = np.random.default_rng(0)
+    items = user_histories(50, 400, 300, rng, burst_prob=0.1, burst_len=5)
+    assert items.min() >= 1 and items.max() <= 300
+    successor = (items[:, 1:] - items[:, :-1]) % 300 == 1
+    assert successor.mean() > 0.3  # ~ burst share; a random walk alone almost never steps by +1
+
+
+def test_synthetic_dataset_loads_with_the_long_history_path(tmp_path):
+    write_synthetic_dataset(str(tmp_path), "synth", n_users=30, n_events=60, n_items=40)
+    config, (train, valid, test) = prepare(
+        dataset="synth",
+        data_path=str(tmp_path),
+        train_mode="autoregressive",
+        item_inter_num_interval=None,
+        user_inter_num_interval=None,
+    )
+    assert train._dataset.inter_num == 30 * 60
+    assert len(test._dataset) == 30 and len(valid._dataset) == 30
+    assert len(train._dataset) == 30 * 3  # 57 training targets per user in windows of 20

@@ -1,0 +1,100 @@
+"""HyenaRec as a RecBole model: causality, padding, lengths, scoring, losses, learning."""
+
+import pytest
+import torch
+
+from conftest import build_model, random_sequences
+
+
+def interaction(item_seq, item_seq_len, **extra):
+    return {"item_id_list": item_seq, "item_length": item_seq_len, **extra}
+
+
+def test_outputs_do_not_depend_on_later_items():
+    model = build_model(MAX_ITEM_LIST_LENGTH=30)
+    items, _ = random_sequences(4, 30, 50, lengths=torch.full((4,), 30))
+    reference = model.forward_sequence(items, torch.full((4,), 30))
+    changed = items.clone()
+    changed[:, 17:] = torch.randint(1, 50, (4, 13))
+    output = model.forward_sequence(changed, torch.full((4,), 30))
+    assert torch.allclose(output[:, :17], reference[:, :17], atol=1e-5)
+    assert not torch.allclose(output[:, 17:], reference[:, 17:], atol=1e-3)
+
+
+def test_right_padding_never_changes_valid_outputs():
+    model = build_model(MAX_ITEM_LIST_LENGTH=200)
+    items, lengths = random_sequences(6, 50, 50)
+    short = model.forward_sequence(items, lengths)
+    padded = torch.cat([items, torch.zeros(6, 150, dtype=items.dtype)], dim=1)
+    long = model.forward_sequence(padded, lengths)
+    valid = (items > 0).unsqueeze(-1)
+    assert torch.allclose(long[:, :50] * valid, short * valid, atol=1e-5)
+    assert torch.allclose(model.forward(padded, lengths), model.forward(items, lengths), atol=1e-5)
+
+
+@pytest.mark.parametrize("seq_len", [50, 200])
+def test_runs_at_the_paper_lengths(seq_len):
+    model = build_model(MAX_ITEM_LIST_LENGTH=seq_len)
+    items, lengths = random_sequences(3, seq_len, 50)
+    assert model.forward(items, lengths).shape == (3, 64)
+
+
+def test_full_sort_predict_agrees_with_predict():
+    model = build_model()
+    items, lengths = random_sequences(5, 20, 50)
+    all_scores = model.full_sort_predict(interaction(items, lengths))
+    assert all_scores.shape == (5, 50)
+    candidates = torch.randint(1, 50, (5,))
+    scores = model.predict(interaction(items, lengths, item_id=candidates))
+    assert torch.allclose(scores, all_scores[torch.arange(5), candidates], atol=1e-5)
+
+
+def test_all_position_loss_is_cross_entropy_at_every_target():
+    model = build_model()
+    items, lengths = random_sequences(4, 20, 50)
+    targets = torch.randint(1, 50, items.shape) * (items > 0)
+    loss = model.calculate_loss(interaction(items, lengths, target_item_id_list=targets))
+    logits = model.item_scores(model.forward_sequence(items, lengths))  # [B, L, n_items]
+    expected = torch.nn.functional.cross_entropy(logits[targets > 0], targets[targets > 0])
+    assert torch.allclose(loss, expected, atol=1e-6)
+
+
+def test_prefix_losses_ce_and_bpr():
+    items, lengths = random_sequences(4, 20, 50)
+    positives, negatives = torch.randint(1, 50, (4,)), torch.randint(1, 50, (4,))
+    ce = build_model().calculate_loss(interaction(items, lengths, item_id=positives))
+    bpr = build_model(loss_type="BPR").calculate_loss(
+        interaction(items, lengths, item_id=positives, neg_item_id=negatives)
+    )
+    assert ce.item() > 0 and bpr.item() > 0
+
+
+def test_own_initialisations_survive_recboles_generic_pass():
+    model = build_model()
+    operator = model.blocks[0].mixer
+    assert torch.equal(operator.skip, torch.ones_like(operator.skip))
+    # the filter coefficients keep their N(0, 1/P) scale, not initializer_range (0.02)
+    assert operator.long_filter.coefficients.std() > 0.05
+
+
+def test_learns_a_planted_successor_pattern():
+    """Next item = previous item + 1: chance is 1/49, a sequence model should get most right."""
+    n_items = 50
+    model = build_model(n_items=n_items, hidden_dropout_prob=0.0).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    starts = torch.randint(1, n_items - 1, (64, 1))
+    sequences = (starts + torch.arange(21)) % (n_items - 1) + 1
+    items, targets, lengths = sequences[:, :-1], sequences[:, 1:], torch.full((64,), 20)
+    for _ in range(60):
+        loss = model.calculate_loss(interaction(items, lengths, target_item_id_list=targets))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    predicted = model.full_sort_predict(interaction(items, lengths)).argmax(dim=-1)
+    assert (predicted == targets[:, -1]).float().mean() > 0.9
+
+
+def test_bad_filter_type_names_the_option():
+    with pytest.raises(ValueError, match="filter_type"):
+        build_model(filter_type="wavelet")
