@@ -15,6 +15,7 @@ from recbole.utils import get_model as recbole_get_model
 from recbole.utils import get_trainer as recbole_get_trainer
 
 from recbole_hyena.trainer import with_safe_checkpoints
+from recbole_hyena.trainer.long_users import with_long_user_evaluation
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -48,9 +49,9 @@ def get_model(model_name: str) -> type[AbstractRecommender]:
 
 def get_trainer(model_type, model_name: str) -> type:
     """RecBole's trainer for the model (or the plugin's ``<model_name>Trainer``), with
-    checkpoints that reload under ``torch.load(weights_only=True)``."""
+    checkpoints that reload under ``torch.load(weights_only=True)`` and the long-user metrics."""
     plugin_trainers = importlib.import_module("recbole_hyena.trainer")
     trainer_class = getattr(plugin_trainers, model_name + "Trainer", None)
     if trainer_class is None:
         trainer_class = recbole_get_trainer(model_type, model_name)
-    return with_safe_checkpoints(trainer_class)
+    return with_safe_checkpoints(with_long_user_evaluation(trainer_class))
