@@ -1,4 +1,6 @@
+from recbole_hyena.model.sequential_recommender.eulerformer import EulerFormer
 from recbole_hyena.model.sequential_recommender.flashsasrec import FlashSASRec
+from recbole_hyena.model.sequential_recommender.hstu import HSTU
 from recbole_hyena.model.sequential_recommender.hyenarec import (
     AtrousHyena,
     HyenaRec,
@@ -9,12 +11,16 @@ from recbole_hyena.model.sequential_recommender.hyenarec import (
     HyenaVanilla,
 )
 from recbole_hyena.model.sequential_recommender.hytrec import HyTRec
+from recbole_hyena.model.sequential_recommender.lrurec import LRURec
+from recbole_hyena.model.sequential_recommender.mamba4rec import Mamba4Rec
 from recbole_hyena.model.sequential_recommender.zoo_adapters import GRU4Rec, SASRec
 
 __all__ = [
     "AtrousHyena",
+    "EulerFormer",
     "FlashSASRec",
     "GRU4Rec",
+    "HSTU",
     "HyenaRec",
     "HyenaRecChebyshev",
     "HyenaRecFourier",
@@ -22,5 +28,7 @@ __all__ = [
     "HyenaRecWoPK",
     "HyenaVanilla",
     "HyTRec",
+    "LRURec",
+    "Mamba4Rec",
     "SASRec",
 ]
