@@ -1,0 +1,190 @@
+"""benchmarks/paper_table.py: two models end to end on tiny data, the published rows, new result
+keys as columns, and a run cut off mid-training that continues from its checkpoint."""
+
+import csv
+import importlib.util
+
+import pytest
+import torch
+
+from tests.conftest import REPO_ROOT
+
+_spec = importlib.util.spec_from_file_location(
+    "paper_table", f"{REPO_ROOT}/benchmarks/paper_table.py"
+)
+paper_table = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(paper_table)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: a second intra-op thread only adds hand-off cost on a busy machine."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def write_tiny_dataset(folder, n_users=64, n_items=30, length=16):
+    """64 users walking the item cycle 1 -> 2 -> ... with one random jump in five."""
+    generator = torch.Generator().manual_seed(0)
+    lines = ["user_id:token\titem_id:token\ttimestamp:float"]
+    for user in range(1, n_users + 1):
+        item = int(torch.randint(1, n_items + 1, (1,), generator=generator))
+        for step in range(length):
+            lines.append(f"{user}\t{item}\t{step + 1}")
+            jump = torch.rand(1, generator=generator).item() < 0.2
+            item = (
+                int(torch.randint(1, n_items + 1, (1,), generator=generator))
+                if jump
+                else item % n_items + 1
+            )
+    (folder / "tiny").mkdir(parents=True, exist_ok=True)
+    (folder / "tiny" / "tiny.inter").write_text("\n".join(lines) + "\n")
+
+
+def tiny_args(tmp_path, models, epochs=1, extra=()):
+    write_tiny_dataset(tmp_path / "data")
+    settings = {
+        "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
+        "use_gpu": False,
+        "MAX_ITEM_LIST_LENGTH": 10,
+        "hidden_size": 16,
+        "inner_size": 32,
+        "state_size": 16,
+        "train_batch_size": 256,
+        "eval_batch_size": 256,
+        "state": "ERROR",
+    }
+    return (
+        ["--dataset", "tiny", "--models", *models, "--epochs", str(epochs)]
+        + ["--data_path", str(tmp_path / "data")]
+        + ["--out", str(tmp_path / "out"), "--state_dir", str(tmp_path / "state")]
+        + [f"--{key}={value!r}" for key, value in settings.items()]
+        + list(extra)
+    )
+
+
+def read_csv(path):
+    with open(path, newline="") as file:
+        return list(csv.DictReader(file))
+
+
+def test_published_rows():
+    assert paper_table.published("HyenaRec", "ml-1m") == {
+        "ndcg@10": 0.20007,
+        "ndcg@20": 0.22878,
+        "recall@10": 0.33471,
+        "recall@20": 0.44858,
+    }
+    ablation = paper_table.published("HyenaRecWoGLU", "steam")
+    assert (ablation["ndcg@10"], ablation["recall@10"], ablation["ndcg@20"]) == (
+        0.06855,
+        0.12936,
+        None,
+    )
+    assert paper_table.published("AtrousHyena", "xlong")["recall@10"] == 0.4701
+    assert set(paper_table.published("Mamba4Rec", "ml-1m").values()) == {None}
+
+
+def test_overrides_are_literals_and_state_is_not_state_dir():
+    overrides = paper_table.parse_overrides(
+        ["--hidden_size=16", "--use_gpu=False", "--state=ERROR", "--topk=[10, 20]", "--x=true"]
+    )
+    assert overrides == {
+        "hidden_size": 16,
+        "use_gpu": False,
+        "state": "ERROR",
+        "topk": [10, 20],
+        "x": True,
+    }
+    with pytest.raises(SystemExit, match="--key=value"):
+        paper_table.parse_overrides(["--hidden_size", "16"])
+
+
+def test_two_models_train_and_write_table_with_every_reported_metric(tmp_path, monkeypatch):
+    timed = paper_table.timed_trainer
+
+    def with_extra_metric(trainer_class):
+        class Reporting(timed(trainer_class)):
+            def evaluate(self, *args, **kwargs):  # a key the table has no column for yet
+                result = super().evaluate(*args, **kwargs)
+                result["probe@10"] = 0.123
+                return result
+
+        return Reporting
+
+    monkeypatch.setattr(paper_table, "timed_trainer", with_extra_metric)
+    rows = paper_table.main(tiny_args(tmp_path, ["LRURec", "NARM"]))
+    assert [row["model"] for row in rows] == ["LRURec", "NARM"]
+    written = read_csv(tmp_path / "out" / "paper_table_tiny.csv")
+    assert [(row["model"], row["train_mode"], row["history_mask"]) for row in written] == [
+        ("LRURec", "autoregressive", "True"),
+        ("NARM", "prefix", "True"),
+    ]
+    for row in written:
+        for metric in paper_table.METRICS:
+            assert 0 <= float(row[metric]) <= 1
+        assert row["epochs"] == "1" and float(row["train_time_s"]) > 0
+        assert float(row["probe@10"]) == 0.123
+        # the long-history users' metrics, when the evaluation reports them; blank otherwise
+        for metric in paper_table.METRICS:
+            assert row[f"long_{metric}"] == "" or 0 <= float(row[f"long_{metric}"]) <= 1
+        assert row["paper_ndcg@10"] == ""  # no published row for this data set
+    markdown = (tmp_path / "out" / "paper_table_tiny.md").read_text()
+    assert "| LRURec | " in markdown and "| NARM | " in markdown
+    assert (tmp_path / "out" / "paper_table_tiny.png").stat().st_size > 0
+
+    # a second run skips both models
+    monkeypatch.setattr(paper_table, "train_and_test", lambda *args: pytest.fail("retrained"))
+    assert len(paper_table.main(tiny_args(tmp_path, ["LRURec", "NARM"]))) == 2
+
+
+def test_a_run_cut_off_continues_from_its_last_checkpoint(tmp_path, monkeypatch):
+    args = tiny_args(tmp_path, ["HSTU"], epochs=4, extra=["--eval_every_steps", "1"])
+    timed = paper_table.timed_trainer
+
+    def cut_off_in_third_validation(trainer_class):
+        class CutOff(timed(trainer_class)):
+            def _valid_epoch(self, *args, **kwargs):
+                if self.last_epoch == 2:
+                    raise KeyboardInterrupt
+                return super()._valid_epoch(*args, **kwargs)
+
+        return CutOff
+
+    monkeypatch.setattr(paper_table, "timed_trainer", cut_off_in_third_validation)
+    with pytest.raises(KeyboardInterrupt):
+        paper_table.main(args)
+    state = tmp_path / "state" / "tiny" / "HSTU"
+    assert (state / "last.pth").is_file() and (state / "best.pth").is_file()
+    assert not (tmp_path / "out" / "paper_table_tiny.csv").exists()
+
+    started = []
+
+    def recording(trainer_class):
+        class Recording(timed(trainer_class)):
+            def _train_epoch(self, train_data, epoch_idx, *args, **kwargs):
+                started.append(epoch_idx)
+                return super()._train_epoch(train_data, epoch_idx, *args, **kwargs)
+
+        return Recording
+
+    monkeypatch.setattr(paper_table, "timed_trainer", recording)
+    (row,) = paper_table.main(args)
+    assert started == [2, 3]  # epochs 0 and 1 were validated and saved before the cut
+    # rows come back as the CSV holds them
+    assert row["epochs"] == "4" and row["resumed"] == "1"
+    assert float(row["train_time_s"]) > 0
+
+
+@pytest.mark.slow
+def test_ml_100k_smoke(tmp_path):
+    """The real data path on RecBole's bundled ml-100k: two models, one epoch."""
+    rows = paper_table.main(
+        ["--dataset", "ml-100k", "--models", "LRURec", "HyenaRec", "--epochs", "1"]
+        + ["--out", str(tmp_path / "out"), "--state_dir", str(tmp_path / "state")]
+        + ["--hidden_size=16", "--inner_size=32", "--state_size=16", "--use_gpu=False"]
+    )
+    assert [row["model"] for row in rows] == ["LRURec", "HyenaRec"]
+    assert all(0 < float(row["recall@10"]) <= 1 for row in rows)
