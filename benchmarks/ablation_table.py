@@ -19,9 +19,16 @@ run again with the same settings (``--force`` reruns them). ``--jobs N`` trains 
 (on a GPU with CPU cores to spare); their training times are then measured side by side, which the
 table's header says.
 
-Example (the committed ml-100k table)::
+``--summarize A.csv B.csv ...`` merges the CSVs of runs that differ only in ``--seed`` into one
+table of means and standard deviations (``<name>.md``, ``.csv``, ``.png`` with error bars).
 
-    python benchmarks/ablation_table.py --dataset ml-100k --epochs 20 --stopping-step 5
+The committed ml-100k tables (one H100; three seeds, then their summary)::
+
+    for seed in 2020 2021 2022; do
+        python benchmarks/ablation_table.py --dataset ml-100k --jobs 7 --seed $seed \
+            --name ablation_ml-100k_seed$seed
+    done
+    python benchmarks/ablation_table.py --summarize benchmarks/results/ablation_ml-100k_seed*.csv
 """
 
 from __future__ import annotations
@@ -253,6 +260,125 @@ def write_outputs(rows: list[dict], settings: dict, out: Path, name: str) -> Non
     plt.close(figure)
 
 
+def read_results_csv(path: str) -> tuple[dict, list[dict]]:
+    """The ``# key: value`` settings lines and the rows of a CSV this script wrote."""
+    settings, lines = {}, []
+    with open(path) as handle:
+        for line in handle:
+            if line.startswith("# "):
+                key, _, value = line[2:].rstrip("\n").partition(": ")
+                settings[key] = value
+            else:
+                lines.append(line)
+    return settings, list(csv.DictReader(lines))
+
+
+def summarize(paths: list[str], out: Path, name: str, note: str | None = None) -> None:
+    """Mean and sample standard deviation over the runs in ``paths`` (one per seed)."""
+    import statistics
+
+    runs = [read_results_csv(path) for path in paths]
+    seeds = [json.loads(settings["overrides"]).get("seed") for settings, _ in runs]
+    by_model: dict[str, list[dict]] = {}
+    for _, rows in runs:
+        for row in rows:
+            if row["status"] == "ok":
+                by_model.setdefault(row["model"], []).append(row)
+    quantities = [f"test_{metric}" for metric in METRICS] + ["epochs", "best_epoch", "train_s"]
+    summary = []
+    for model, rows in by_model.items():
+        entry = {"model": model, "variant": PAPER_NAMES.get(model, ""), "runs": len(rows)}
+        for key in quantities:
+            values = [float(row[key]) for row in rows]
+            entry[key] = statistics.fmean(values)
+            entry[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        summary.append(entry)
+    reference = next((e["train_s"] for e in summary if e["model"] == "HyenaRec"), None)
+    for entry in summary:
+        entry["relative_train_time"] = entry["train_s"] / reference if reference else None
+
+    first = runs[0][0]
+    settings = {
+        "dataset": first["dataset"],
+        "runs": f"{len(paths)} seeds {seeds}, one run per variant and seed: "
+        + ", ".join(Path(path).name for path in paths),
+        **{
+            key: first[key]
+            for key in ("protocol", "machine", "python", "torch", "recbole", "device")
+            if key in first
+        },
+        "overrides": first["overrides"] + " (seed differs per run)",
+        "concurrency": first.get("concurrency", ""),
+        "note": first.get("note", ""),
+    }
+    if note:
+        settings["run note"] = note
+    columns = ["model", "variant", "runs"] + [
+        key for quantity in quantities for key in (quantity, f"{quantity}_std")
+    ]
+    columns.append("relative_train_time")
+    with open(out / f"{name}.csv", "w", newline="") as handle:
+        for key, value in settings.items():
+            handle.write(f"# {key}: {value}\n")
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        for entry in summary:
+            writer.writerow(
+                {
+                    key: round(value, 5) if isinstance(value, float) else value
+                    for key, value in entry.items()
+                }
+            )
+
+    def mean_std(entry, key, digits=4):
+        return f"{entry[key]:.{digits}f} ± {entry[key + '_std']:.{digits}f}"
+
+    lines = [f"# HyenaRec ablations on {settings['dataset']}: mean ± std over seeds", ""]
+    lines += [f"- {key}: {value}" for key, value in settings.items()] + [""]
+    lines.append(
+        "| variant | model | NDCG@10 | Recall@10 | NDCG@20 | Recall@20 | epochs | train time s "
+        "| vs HyenaRec |"
+    )
+    lines.append("|---|---|---|---|---|---|---|---|---|")
+    for entry in summary:
+        relative = entry["relative_train_time"]
+        lines.append(
+            f"| {entry['variant']} | {entry['model']} | {mean_std(entry, 'test_ndcg@10')} "
+            f"| {mean_std(entry, 'test_recall@10')} | {mean_std(entry, 'test_ndcg@20')} "
+            f"| {mean_std(entry, 'test_recall@20')} | {mean_std(entry, 'epochs', 1)} "
+            f"| {mean_std(entry, 'train_s', 1)} | {'' if relative is None else f'{relative:.2f}x'} |"
+        )
+    lines += [
+        "",
+        "Test metrics of each run's best-validation checkpoint (full ranking); ± is the sample "
+        "standard deviation over seeds. Epochs: trained until early stopping; train time: the sum "
+        "of RecBole's per-epoch training time, evaluation excluded.",
+    ]
+    (out / f"{name}.md").write_text("\n".join(lines) + "\n")
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    labels = [entry["variant"] or entry["model"] for entry in summary]
+    for axis, metric in zip(axes, ["test_ndcg@10", "test_recall@10"]):
+        axis.bar(
+            labels,
+            [entry[metric] for entry in summary],
+            yerr=[entry[f"{metric}_std"] for entry in summary],
+            capsize=3,
+        )
+        axis.set_title(f"test {metric[5:]} (mean ± std, {len(paths)} seeds)", fontsize=10)
+        axis.tick_params(axis="x", rotation=35, labelsize=8)
+    figure.suptitle(f"HyenaRec ablations on {settings['dataset']}", fontsize=10)
+    figure.tight_layout()
+    figure.savefig(out / f"{name}.png", dpi=120)
+    plt.close(figure)
+    print((out / f"{name}.md").read_text())
+
+
 def parse_overrides(pairs: list[str]) -> dict:
     """``key=value`` pairs, values parsed as YAML scalars (``1e-4``, ``True``, ``[10, 20]``)."""
     import yaml
@@ -270,8 +396,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", default="ml-100k")
     parser.add_argument("--models", nargs="+", default=list(PAPER_NAMES))
-    parser.add_argument("--epochs", type=int, default=20, help="cap on training epochs")
-    parser.add_argument("--stopping-step", type=int, default=5, help="early-stopping patience")
+    parser.add_argument("--epochs", type=int, default=100, help="cap on training epochs")
+    parser.add_argument("--stopping-step", type=int, default=10, help="early-stopping patience")
     parser.add_argument("--seed", type=int, default=2020)
     parser.add_argument(
         "--config", nargs="*", default=[], help="more RecBole overrides as key=value"
@@ -282,6 +408,10 @@ def main() -> None:
     parser.add_argument("--keep-checkpoints", default=None, help="folder for best checkpoints")
     parser.add_argument("--force", action="store_true", help="rerun cached variants")
     parser.add_argument("--jobs", type=int, default=1, help="variants trained at the same time")
+    parser.add_argument("--note", default=None, help="a line added to the settings header")
+    parser.add_argument(
+        "--summarize", nargs="+", default=None, help="merge per-seed CSVs into mean ± std"
+    )
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--child-config", default="{}", help=argparse.SUPPRESS)
     parser.add_argument("--child-keep", default=None, help=argparse.SUPPRESS)
@@ -290,6 +420,10 @@ def main() -> None:
     if args.child:
         result = run_one(args.child, args.dataset, json.loads(args.child_config), args.child_keep)
         print(RESULT_PREFIX + json.dumps(result), flush=True)
+        return
+    if args.summarize:
+        name = args.name or f"ablation_{args.dataset}"
+        summarize(args.summarize, Path(args.out), name, args.note)
         return
 
     config_dict = {
@@ -318,6 +452,8 @@ def main() -> None:
         "concurrency": f"{args.jobs} variant(s) trained at a time"
         + ("" if args.jobs == 1 else ": training times measured side by side"),
     }
+    if args.note:
+        settings["run note"] = args.note
     print("\n".join(f"{key}: {value}" for key, value in settings.items()), flush=True)
 
     results: dict[str, dict] = {}
