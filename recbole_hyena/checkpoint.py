@@ -36,6 +36,7 @@ from logging import getLogger
 
 import numpy as np
 import torch
+from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import EvaluatorType, InputType, ModelType, set_color
 
 from recbole_hyena.trainer.trainer import load_checkpoint, plain_config
@@ -375,8 +376,16 @@ def save_run_bundle(checkpoint_file: str, model, config, dataset) -> str | None:
     by one process of a DDP group only. Returns its path (``None`` on the other processes)."""
     if not config["single_spec"] and config["local_rank"] != 0:
         return None
-    path = save_bundle(bundle_path(checkpoint_file), model, config, dataset)
-    getLogger().info(set_color("Saving bundle", "blue") + f": {path}")
+    logger = getLogger()
+    if not isinstance(getattr(model, "module", model), SequentialRecommender):
+        logger.info(f"no bundle for {type(model).__name__}: bundles serve sequential models")
+        return None
+    try:
+        path = save_bundle(bundle_path(checkpoint_file), model, config, dataset)
+    except Exception as error:  # a finished training run must not fail on its by-product
+        logger.warning(f"could not write the model bundle beside {checkpoint_file}: {error!r}")
+        return None
+    logger.info(set_color("Saving bundle", "blue") + f": {path}")
     return path
 
 

@@ -353,7 +353,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", default=None, help=".csv or .jsonl file (default: stdout)")
     parser.add_argument("--output_format", choices=("csv", "jsonl"), default=None)
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: GPU if any)")
-    parser.add_argument("--batch_size", type=int, default=256, help="histories per forward pass")
+    parser.add_argument(
+        "--batch_size",
+        type=int,
+        default=256,
+        help="histories per forward pass (lower it for a long MAX_ITEM_LIST_LENGTH on little memory)",
+    )
     parser.add_argument(
         "--full_padding",
         action="store_true",

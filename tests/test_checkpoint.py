@@ -20,6 +20,7 @@ from recbole_hyena.checkpoint import (
     bundle_path,
     load_bundle,
     load_model,
+    save_run_bundle,
 )
 from recbole_hyena.config import Config
 from recbole_hyena.utils import get_model
@@ -199,3 +200,17 @@ def test_bundle_path_sits_beside_the_checkpoint():
     assert bundle_path("saved/HyenaRec-Mar-01-2026_10-00-00.pth") == (
         "saved/HyenaRec-Mar-01-2026_10-00-00.bundle.pt"
     )
+
+
+def test_run_bundle_is_skipped_not_fatal(tmp_path, caplog):
+    """After training: no bundle for non-sequential models or other DDP ranks, and a failure to
+    write one is a warning, not a crashed run."""
+    model, config = make_model_and_config()
+    checkpoint = str(tmp_path / "HyenaRec-x.pth")
+    assert save_run_bundle(checkpoint, torch.nn.Linear(2, 2), config, dataset=None) is None
+    with caplog.at_level("WARNING"):
+        assert save_run_bundle(checkpoint, model, config, dataset=None) is None
+    assert "could not write the model bundle" in caplog.text
+    config["single_spec"], config["local_rank"] = False, 1
+    assert save_run_bundle(checkpoint, model, config, dataset=None) is None
+    assert os.listdir(tmp_path) == []

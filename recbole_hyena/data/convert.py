@@ -232,7 +232,10 @@ def k_core(
         rounds += 1
         user_counts, item_counts = _count(spec, users, items)
     after = _counts(user_counts, item_counts)
-    logger.info(f"k-core (users >= {user_core}, items >= {item_core}): {rounds} filtering passes")
+    logger.info(
+        f"k-core (users >= {user_core}, items >= {item_core}): stable after {rounds} "
+        "filtering pass(es) over the file"
+    )
     return set(user_counts), set(item_counts), before, after
 
 
