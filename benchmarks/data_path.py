@@ -135,16 +135,7 @@ def run_train(args) -> None:
             train, valid, test = data_preparation(config, create_dataset(config))
             model = get_model(model_name)(config, train._dataset)
             trainer = get_trainer(config["MODEL_TYPE"], model_name)(config, model)
-            epoch_seconds = []
-            train_epoch = trainer._train_epoch
-
-            def timed_epoch(*epoch_args, **kwargs):
-                start = time.perf_counter()
-                loss = train_epoch(*epoch_args, **kwargs)
-                epoch_seconds.append(time.perf_counter() - start)
-                return loss
-
-            trainer._train_epoch = timed_epoch
+            epoch_seconds = time_epochs(trainer)
             start = time.perf_counter()
             trainer.fit(train, valid, saved=True, show_progress=False)
             total = time.perf_counter() - start
@@ -163,6 +154,21 @@ def run_train(args) -> None:
             )
             print(rows[-1], flush=True)
     write_outputs(args.out, "data_path_train", rows, "train_seconds", "training time (s)")
+
+
+def time_epochs(trainer) -> list[float]:
+    """Wrap ``trainer._train_epoch`` so that each epoch's seconds land in the returned list."""
+    seconds: list[float] = []
+    train_epoch = trainer._train_epoch
+
+    def timed_epoch(*args, **kwargs):
+        start = time.perf_counter()
+        loss = train_epoch(*args, **kwargs)
+        seconds.append(time.perf_counter() - start)
+        return loss
+
+    trainer._train_epoch = timed_epoch
+    return seconds
 
 
 def write_outputs(out: str, stem: str, rows: list[dict], plot_key: str, plot_label: str) -> None:
