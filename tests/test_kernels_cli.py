@@ -4,7 +4,6 @@ import struct
 
 import pytest
 import torch
-from conftest import DatasetStub
 
 from recbole_hyena.config import Config
 from recbole_hyena.kernels import (
@@ -17,6 +16,8 @@ from recbole_hyena.kernels import (
 )
 from recbole_hyena.trainer.trainer import plain_config
 from recbole_hyena.utils import get_model
+
+from conftest import DatasetStub
 
 HIDDEN, ORDER, P_REF, SEQ_LEN = 4, 2, 8, 16
 

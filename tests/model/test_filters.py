@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-from conftest import build_model
 
 from recbole_hyena.model.filters import (
     KERNEL_GENERATORS,
@@ -19,6 +18,8 @@ from recbole_hyena.model.filters import (
     fourier_basis,
     periodic_grid,
 )
+
+from conftest import build_model
 
 SMALL_CONFIG = {"filter_order": 16, "normalize_kernel": True}
 

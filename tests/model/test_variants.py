@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-from conftest import build_model, random_sequences
 from recbole.data.interaction import Interaction
 
 from recbole_hyena.model.filters import (
@@ -14,6 +13,8 @@ from recbole_hyena.model.filters import (
 from recbole_hyena.model.layers import CausalShortConv
 from recbole_hyena.model.sequential_recommender.hyenarec import HyenaRec
 from recbole_hyena.utils import get_model
+
+from conftest import build_model, random_sequences
 
 # name: (kernel generator, GLU, short-conv dilation)
 VARIANTS = {
