@@ -86,7 +86,8 @@ def run_recbole_hyena(
     model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
     logger.info(model)
     transform = construct_transform(config)
-    flops = get_flops(model, dataset, config["device"], logger, transform)
+    # a training sample: the plugin data set's full table holds raw rows, not sequences
+    flops = get_flops(model, train_data._dataset, config["device"], logger, transform)
     logger.info(set_color("FLOPs", "blue") + f": {flops}")
 
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
