@@ -130,4 +130,62 @@ def run_recbole_hyenas(rank: int, *args) -> None:
     run_recbole_hyena(*args[:3], **kwargs)
 
 
-__all__ = ["run", "run_recbole_hyena", "run_recbole_hyenas"]
+def objective_function(
+    config_dict: dict | None = None,
+    config_file_list: list[str] | None = None,
+    saved: bool = True,
+) -> dict:
+    r"""One trial of a hyper-parameter search (RecBole's ``objective_function``, with the plugin's
+    Config, data path, models and trainers): train with early stopping, then test.
+
+    ``model`` and ``dataset`` come from ``config_dict`` or the config files. Returns RecBole's dict
+    (``model``, ``best_valid_score``, ``valid_score_bigger``, ``best_valid_result``,
+    ``test_result``). Inside a Ray Tune trial the metrics also go to Ray, as ``valid_<metric>``,
+    ``test_<metric>`` and ``best_valid_score``.
+    """
+    config = Config(config_dict=config_dict, config_file_list=config_file_list)
+    init_seed(config["seed"], config["reproducibility"])
+    # Each trial logs to its own file: drop the previous trial's handlers (as RecBole does).
+    logger = getLogger()
+    for handler in logger.handlers[:]:
+        logger.removeHandler(handler)
+    init_logger(config)
+
+    dataset = create_dataset(config)
+    train_data, valid_data, test_data = data_preparation(config, dataset)
+    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    best_valid_score, best_valid_result = trainer.fit(
+        train_data, valid_data, verbose=False, saved=saved, show_progress=config["show_progress"]
+    )
+    test_result = trainer.evaluate(
+        test_data, load_best_model=saved, show_progress=config["show_progress"]
+    )
+    result = {
+        "model": config["model"],
+        "best_valid_score": best_valid_score,
+        "valid_score_bigger": config["valid_metric_bigger"],
+        "best_valid_result": best_valid_result,
+        "test_result": test_result,
+    }
+    _report_to_ray(result)
+    return result
+
+
+def _report_to_ray(result: dict) -> None:
+    # Ray is imported by every Ray Tune worker; outside Ray there is nothing to report to.
+    if "ray" not in sys.modules:
+        return
+    from ray import tune
+    from ray.air import session
+
+    if not tune.is_session_enabled():
+        return
+    metrics = {"best_valid_score": float(result["best_valid_score"])}
+    for prefix, values in (("valid", result["best_valid_result"]), ("test", result["test_result"])):
+        metrics.update({f"{prefix}_{name}": float(value) for name, value in (values or {}).items()})
+    session.report(metrics)
+
+
+__all__ = ["objective_function", "run", "run_recbole_hyena", "run_recbole_hyenas"]
