@@ -82,6 +82,17 @@ class WeightTiedSequentialRecommender(SequentialRecommender):
         # Subclasses with a learnable item bias replace this by an nn.Parameter [n_items].
         self.item_bias: torch.Tensor | None = None
 
+    def _init_weights(self, module: nn.Module) -> None:
+        """RecBole's SASRec initialisation, for ``self.apply``: N(0, initializer_range) weights,
+        zero biases, unit LayerNorms."""
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            module.weight.data.normal_(mean=0.0, std=self.initializer_range)
+        elif isinstance(module, nn.LayerNorm):
+            module.bias.data.zero_()
+            module.weight.data.fill_(1.0)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            module.bias.data.zero_()
+
     def forward(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:
         output = self.forward_sequence(item_seq, item_seq_len)  # [B, L, H]
         return self.gather_indexes(output, item_seq_len - 1)  # [B, H]

@@ -147,15 +147,6 @@ class EulerFormer(CausalSequentialRecommender):
         # no rotation at the start: the phases learn from zero, as in the authors' code
         nn.init.zeros_(self.input_phase.weight)
 
-    def _init_weights(self, module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            module.weight.data.normal_(mean=0.0, std=self.initializer_range)
-        elif isinstance(module, nn.LayerNorm):
-            module.bias.data.zero_()
-            module.weight.data.fill_(1.0)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            module.bias.data.zero_()
-
     def forward_sequence(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:
         positions = torch.arange(item_seq.shape[1], device=item_seq.device)
         hidden = self.item_embedding(item_seq) + self.position_embedding(positions)

@@ -88,15 +88,6 @@ class HyenaRec(CausalSequentialRecommender):
             self.hidden_size, self.hyena_order, long_filter, short_path, self.max_seq_length
         )
 
-    def _init_weights(self, module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            module.weight.data.normal_(mean=0.0, std=self.initializer_range)
-        elif isinstance(module, nn.LayerNorm):
-            module.bias.data.zero_()
-            module.weight.data.fill_(1.0)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            module.bias.data.zero_()
-
     def forward_sequence(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:
         mask = (item_seq > 0).unsqueeze(1).to(self.item_embedding.weight.dtype)  # [B, 1, L]
         hidden = self.emb_dropout(self.item_embedding(item_seq))  # [B, L, H]

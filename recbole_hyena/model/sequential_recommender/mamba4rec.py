@@ -185,15 +185,6 @@ class Mamba4Rec(CausalSequentialRecommender):
         for mixer in self.mixers:
             mixer.reset_parameters()
 
-    def _init_weights(self, module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            module.weight.data.normal_(mean=0.0, std=self.initializer_range)
-        elif isinstance(module, nn.LayerNorm):
-            module.bias.data.zero_()
-            module.weight.data.fill_(1.0)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            module.bias.data.zero_()
-
     def forward_sequence(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:
         hidden = self.emb_norm(self.emb_dropout(self.item_embedding(item_seq)))  # [B, L, H]
         for mixer, norm, feed_forward in zip(self.mixers, self.mixer_norms, self.feed_forwards):
