@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from recbole.config import Config as RecBoleConfig
 
+from recbole_hyena.distributed import DistributedDeviceMixin
 from recbole_hyena.utils import get_model, properties_dir
 
 
-class Config(RecBoleConfig):
+class Config(DistributedDeviceMixin, RecBoleConfig):
     def _get_model_and_dataset(self, model, dataset):
         # RecBole resolves a model name with its own get_model; hand it the class instead.
         if model is None:
