@@ -128,12 +128,11 @@ def delta_rule_chunked(
     log_ratio = (log_g.unsqueeze(-1) - log_g.unsqueeze(-2)).masked_fill(~causal, -math.inf)
     gamma = log_ratio.exp()  # [B, H, N, C, C]
 
-    strictly_lower = gamma.tril(-1)
-    system = (beta.unsqueeze(-1) * (k @ k.transpose(-1, -2)) * strictly_lower) + torch.eye(
-        chunk_size, dtype=q.dtype, device=q.device
-    )
     beta_ = beta.unsqueeze(-1)
-    rhs = torch.cat([beta_ * v, beta_ * log_g.exp().unsqueeze(-1) * k], dim=-1)
+    beta_k = beta_ * k
+    # A (strictly lower); the solver takes the unit diagonal of I + A as given
+    system = (beta_k @ k.transpose(-1, -2)) * gamma.tril(-1)
+    rhs = torch.cat([beta_ * v, beta_k * log_g.exp().unsqueeze(-1)], dim=-1)
     solved = torch.linalg.solve_triangular(system, rhs, upper=False, unitriangular=True)
     values, keys_w = solved.split([d_v, d_k], dim=-1)  # U_v [.., C, d_v], W [.., C, d_k]
 
@@ -146,14 +145,16 @@ def delta_rule_chunked(
     if state is None:
         state = q.new_zeros(batch, heads, d_v, d_k)
     outputs = []
-    for n in range(n_chunks):
+    # unbind once: indexing chunk n in the loop would make autograd write a full-size gradient
+    # per chunk (quadratic in the number of chunks)
+    per_chunk = zip(
+        *(x.unbind(dim=2) for x in (values, keys_w, q_decayed, scores, k_to_end, chunk_decay))
+    )
+    for chunk_values, chunk_w, chunk_q, chunk_scores, chunk_k, chunk_decay_n in per_chunk:
         state_t = state.transpose(-1, -2)  # [B, H, d_k, d_v]
-        pseudo_values = values[:, :, n] - keys_w[:, :, n] @ state_t  # [B, H, C, d_v]
-        outputs.append(q_decayed[:, :, n] @ state_t + scores[:, :, n] @ pseudo_values)
-        state = (
-            chunk_decay[:, :, n, None, None] * state
-            + pseudo_values.transpose(-1, -2) @ k_to_end[:, :, n]
-        )
+        pseudo_values = chunk_values - chunk_w @ state_t  # [B, H, C, d_v]
+        outputs.append(chunk_q @ state_t + chunk_scores @ pseudo_values)
+        state = chunk_decay_n[..., None, None] * state + pseudo_values.transpose(-1, -2) @ chunk_k
     outputs = torch.stack(outputs, dim=2).reshape(batch, heads, n_chunks * chunk_size, d_v)
     return outputs[:, :, :seq_len], state
 
@@ -172,13 +173,20 @@ def delta_rule_fla(
     if _fla_chunk_gated_delta_rule is None:
         raise ImportError("tadn_backend 'fla' needs the flash-linear-attention package")
     if initial_state is not None:
-        initial_state = initial_state.transpose(-1, -2).contiguous()
+        initial_state = initial_state.float().transpose(-1, -2).contiguous()
+    # one dtype for q, k, v and beta (under autocast q and k come out of the L2 norm in float32
+    # while v is half); the decays stay in float32
+    dtype = v.dtype
+
+    def time_major(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        return x.transpose(1, 2).to(dtype).contiguous()
+
     outputs, state = _fla_chunk_gated_delta_rule(
-        q.transpose(1, 2).contiguous(),
-        k.transpose(1, 2).contiguous(),
-        v.transpose(1, 2).contiguous(),
-        log_alpha.transpose(1, 2).contiguous(),
-        beta.transpose(1, 2).contiguous(),
+        time_major(q, dtype),
+        time_major(k, dtype),
+        time_major(v, dtype),
+        time_major(log_alpha, torch.float32),
+        time_major(beta, dtype),
         scale=1.0,
         initial_state=initial_state,
         output_final_state=True,
@@ -209,13 +217,25 @@ def gated_delta_rule(
     chunk_size: int = 64,
     initial_state: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The gated delta rule by the kernel ``backend`` names (see ``resolve_backend``)."""
+    """The gated delta rule by the kernel ``backend`` names (see ``resolve_backend``); the
+    result has ``v``'s dtype.
+
+    The PyTorch kernels run in float32 at least, outside autocast: the triangular solve and the
+    cumulative decays lose too much in half precision (as the FFT does in ``fft_causal_conv``).
+    """
     backend = resolve_backend(backend, q)
     if backend == "fla":
         return delta_rule_fla(q, k, v, log_alpha, beta, initial_state)
-    if backend == "recurrent":
-        return delta_rule_recurrent(q, k, v, log_alpha, beta, initial_state)
-    return delta_rule_chunked(q, k, v, log_alpha, beta, chunk_size, initial_state)
+    dtype = torch.promote_types(v.dtype, torch.float32)
+    inputs = [x.to(dtype) for x in (q, k, v, log_alpha, beta)]
+    if initial_state is not None:
+        initial_state = initial_state.to(dtype)
+    with torch.autocast(device_type=q.device.type, enabled=False):
+        if backend == "recurrent":
+            outputs, state = delta_rule_recurrent(*inputs, initial_state)
+        else:
+            outputs, state = delta_rule_chunked(*inputs, chunk_size, initial_state)
+    return outputs.to(v.dtype), state
 
 
 @dataclass
