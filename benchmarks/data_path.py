@@ -2,11 +2,13 @@
 
     python benchmarks/data_path.py build   # data set build time and peak RSS, stock vs plugin
     python benchmarks/data_path.py train   # epoch time and test metrics, prefix vs autoregressive
+    python benchmarks/data_path.py scale   # 10M interactions at L=1000: build + one HyenaRec epoch
 
 ``build`` writes the synthetic 1M-interaction set (1000 users x 1000 events) and times
 ``create_dataset`` + ``data_preparation`` at L=200 and L=1000, each in its own process (peak RSS
 of that process; a memory cap turns RecBole's O(N L) path into a reported failure instead of
-swapping the machine). ``train`` trains HyenaRec and SASRec on ml-100k in both training modes with
+swapping the machine). ``scale`` builds a 10M-interaction set (10,000 users x 1000 events) and trains one HyenaRec epoch at
+L=1000. ``train`` trains HyenaRec and SASRec on ml-100k in both training modes with
 early stopping on validation Recall@10 and reports time per epoch, time to the end of training and
 test NDCG@10 / Recall@10. Each writes a CSV and a PNG into --out, with machine and versions.
 """
@@ -156,6 +158,58 @@ def run_train(args) -> None:
     write_outputs(args.out, "data_path_train", rows, "train_seconds", "training time (s)")
 
 
+def run_scale(args) -> None:
+    """Build a synthetic set of ``--users`` x 1000 events at L=1000 and train one HyenaRec epoch
+    (autoregressive windows, batch 32 as the paper's XLong) without evaluation."""
+    from recbole_hyena.config import Config
+    from recbole_hyena.data import create_dataset, data_preparation
+    from recbole_hyena.data.synthetic import write_synthetic_dataset
+    from recbole_hyena.utils import get_model, get_trainer
+
+    data_path = args.data_path or tempfile.mkdtemp(prefix="synthetic-")
+    name = f"synth-{args.users}x1000"
+    start = time.perf_counter()
+    if not os.path.isfile(os.path.join(data_path, name, f"{name}.inter")):
+        write_synthetic_dataset(data_path, name, n_users=args.users, n_events=1000, n_items=3416)
+    write_seconds = time.perf_counter() - start
+    config = Config(
+        model="HyenaRec",
+        dataset=name,
+        config_dict={
+            "data_path": data_path,
+            "MAX_ITEM_LIST_LENGTH": 1000,
+            "train_batch_size": 32,
+            "user_inter_num_interval": None,
+            "item_inter_num_interval": None,
+            "show_progress": True,
+            "use_gpu": False,
+        },
+    )
+    start = time.perf_counter()
+    train, valid, test = data_preparation(config, create_dataset(config))
+    build_seconds = time.perf_counter() - start
+    build_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    model = get_model("HyenaRec")(config, train._dataset)
+    trainer = get_trainer(config["MODEL_TYPE"], "HyenaRec")(config, model)
+    start = time.perf_counter()
+    loss = trainer._train_epoch(train, 0, show_progress=True)
+    row = {
+        "interactions": train._dataset.inter_num,
+        "L": 1000,
+        "windows": len(train._dataset),
+        "write_s": write_seconds,
+        "build_s": build_seconds,
+        "build_peak_rss_gb": build_rss,
+        "epoch_s": time.perf_counter() - start,
+        "epoch_peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "train_loss": float(loss),
+    }
+    print(row, flush=True)
+    write_outputs(
+        args.out, f"data_path_scale_{args.users}x1000", [row], "epoch_s", "epoch time (s)"
+    )
+
+
 def time_epochs(trainer) -> list[float]:
     """Wrap ``trainer._train_epoch`` so that each epoch's seconds land in the returned list."""
     seconds: list[float] = []
@@ -199,7 +253,8 @@ def write_outputs(out: str, stem: str, rows: list[dict], plot_key: str, plot_lab
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=["build", "train", "build-child"])
+    parser.add_argument("command", choices=["build", "train", "scale", "build-child"])
+    parser.add_argument("--users", type=int, default=10000, help="scale: users x 1000 events")
     parser.add_argument("--out", default=os.path.join(HERE, "results"))
     parser.add_argument("--data_path", default=None)
     parser.add_argument("--memory_cap_gb", type=float, default=12.0)
@@ -212,7 +267,9 @@ def main() -> None:
     parser.add_argument("--length", type=int)
     parser.add_argument("--dataset")
     args = parser.parse_args()
-    {"build": run_build, "train": run_train, "build-child": build_child}[args.command](args)
+    {"build": run_build, "train": run_train, "scale": run_scale, "build-child": build_child}[
+        args.command
+    ](args)
 
 
 if __name__ == "__main__":
