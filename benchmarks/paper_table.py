@@ -483,7 +483,7 @@ def train_and_test(
         "valid_recall@10": _plain(progress.get("best_valid_result")).get("recall@10"),
         "epochs": epochs,
         "best_epoch": best_epoch + 1 if best_epoch >= 0 else None,
-        "train_time_s": round(progress.get("train_seconds", 0.0), 1),
+        "train_time_s": round(progress.get("train_seconds", 0.0), 3),
         "time_per_epoch_s": (
             round(progress.get("train_seconds", 0.0) / epochs, 2) if epochs else None
         ),

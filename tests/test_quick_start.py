@@ -45,8 +45,8 @@ def test_hyenarec_trains_and_reloads_the_best_checkpoint():
 @pytest.mark.parametrize("mode", ["prefix", "autoregressive"])
 def test_zoo_gru4rec_in_both_training_modes(mode):
     config = {**TINY, "epochs": 1, "embedding_size": 16, "train_mode": mode}
-    if mode == "prefix":
-        config["MAX_ITEM_LIST_LENGTH"] = 5  # prefix epochs are ~L times longer
+    if mode == "prefix":  # RecBole's prefix samples: one per interaction, ~L times more work
+        config.update(MAX_ITEM_LIST_LENGTH=5, train_batch_size=2048)
     check_result(run_recbole_hyena("GRU4Rec", "ml-100k", config_dict=config))
 
 
@@ -73,6 +73,7 @@ def test_cli_runs_a_zoo_model():
         "--hidden_size=16",
         "--inner_size=32",
         "--MAX_ITEM_LIST_LENGTH=20",
+        "--train_batch_size=2048",
         "--show_progress=False",
     )
     assert process.returncode == 0, process.stderr[-3000:]
