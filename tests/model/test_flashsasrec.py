@@ -135,3 +135,17 @@ def test_a_training_step_in_both_modes(train_mode):
     optimizer.step()
     assert torch.isfinite(loss)
     assert not torch.equal(before, model.trm_encoder.layer[0].multi_head_attention.query.weight)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu_and_runs_under_bf16_autocast():
+    model = build_model("FlashSASRec", N_ITEMS, MAX_ITEM_LIST_LENGTH=MAX_LEN)
+    item_seq, lengths = random_sequences(4, MAX_LEN, N_ITEMS)
+    with torch.no_grad():
+        expected = model.forward(item_seq, lengths)
+        model.cuda()
+        outputs = model.forward(item_seq.cuda(), lengths.cuda())
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            outputs_bf16 = model.forward(item_seq.cuda(), lengths.cuda())
+    torch.testing.assert_close(outputs.cpu(), expected, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(outputs_bf16.float().cpu(), expected, atol=0.1, rtol=0.05)

@@ -1,0 +1,105 @@
+"""benchmarks/speed.py: a tiny run end to end, failures as rows, the FLOP counts it adds."""
+
+import csv
+import importlib.util
+import math
+
+import pytest
+import torch
+from recbole.data.interaction import Interaction
+from torch.utils.flop_counter import FlopCounterMode
+
+from tests.conftest import REPO_ROOT, build_model
+
+_spec = importlib.util.spec_from_file_location("speed", f"{REPO_ROOT}/benchmarks/speed.py")
+speed = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(speed)
+
+
+def read_rows(path):
+    with open(path) as file:
+        return list(csv.DictReader(line for line in file if not line.startswith("#")))
+
+
+def test_a_tiny_run_writes_csv_markdown_and_plot(tmp_path):
+    rows = speed.main(
+        ["--models", "HyenaRec", "--lengths", "16", "--batch", "2", "--n-items", "30"]
+        + ["--repeats", "1", "--warmup", "0", "--device", "cpu", "--threads", "1"]
+        + ["--out", str(tmp_path), "--tag", "smoke", "--timeout", "240"]
+    )
+    assert [row["status"] for row in rows] == ["ok"], rows
+    written = read_rows(tmp_path / "speed_smoke.csv")
+    assert len(written) == 1
+    row = written[0]
+    assert (row["model"], row["dtype"], row["seq_len"]) == ("HyenaRec", "fp32", "16")
+    for key in ("train_ms", "infer_ms", "train_tokens_per_s", "train_peak_mb", "params"):
+        assert float(row[key]) > 0, key
+    assert float(row["fwd_flops_per_token"]) > 0
+    header = (tmp_path / "speed_smoke.csv").read_text()
+    assert "# torch: " in header and "# settings: batch 2" in header
+    assert "| 16 | " in (tmp_path / "speed_smoke.md").read_text()
+    assert (tmp_path / "speed_smoke.png").stat().st_size > 0
+
+
+def test_time_outs_are_rows_and_larger_lengths_are_skipped(tmp_path):
+    rows = speed.main(
+        ["--models", "GRU4Rec", "--lengths", "16", "32", "--device", "cpu"]
+        + ["--timeout", "0.01", "--out", str(tmp_path), "--tag", "timeout"]
+    )
+    assert [(row["seq_len"], row["status"]) for row in rows] == [(16, "timeout"), (32, "skipped")]
+    assert rows[1]["note"] == "timeout at L=16"
+    assert len(read_rows(tmp_path / "speed_timeout.csv")) == 2
+
+
+def test_fft_flops_follow_the_n_log_n_formula():
+    real_forward = speed._fft_flops("input", 2.5)
+    assert real_forward([3, 5, 200], [2], out_shape=[3, 5, 101]) == int(
+        15 * 2.5 * 200 * math.log2(200)
+    )
+    real_inverse = speed._fft_flops("output", 2.5)
+    assert real_inverse([3, 5, 101], [2], out_shape=[3, 5, 200]) == int(
+        15 * 2.5 * 200 * math.log2(200)
+    )
+
+
+def _batch(model, seq_len):
+    return Interaction(
+        {
+            model.ITEM_SEQ: torch.randint(1, model.n_items, (1, seq_len)),
+            model.ITEM_SEQ_LEN: torch.tensor([seq_len]),
+            model.POS_ITEM_ID: torch.tensor([1]),
+        }
+    )
+
+
+def _flops(model, seq_len):
+    return speed._count_forward_flops(model, _batch(model, seq_len), "cpu", None)
+
+
+@pytest.mark.parametrize("seq_len", [8, 20])
+def test_fused_attention_is_counted_like_recbole_attention(seq_len):
+    flash = build_model("FlashSASRec", 30, MAX_ITEM_LIST_LENGTH=20)
+    stock = speed._build_model(
+        {
+            "model": "SASRec",
+            "seq_len": 20,
+            "device": "cpu",
+            "hidden": 64,
+            "layers": 2,
+            "heads": 2,
+            "n_items": 30,
+            "overrides": {},
+            "seed": 0,
+        }
+    ).eval()
+    assert _flops(flash, seq_len) == _flops(stock, seq_len)
+
+
+def test_hyenarec_flops_include_its_ffts():
+    model = build_model("HyenaRec", 30)
+    torch.manual_seed(0)
+    with_ffts = _flops(model, 20)
+    torch.manual_seed(0)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model.calculate_loss(_batch(model, 20))
+    assert with_ffts > counter.get_total_flops() > 0
