@@ -263,15 +263,6 @@ class HyTRec(CausalSequentialRecommender):
             self.layer_norm_eps,
         )
 
-    def _init_weights(self, module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            module.weight.data.normal_(mean=0.0, std=self.initializer_range)
-        elif isinstance(module, nn.LayerNorm):
-            module.bias.data.zero_()
-            module.weight.data.fill_(1.0)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            module.bias.data.zero_()
-
     def time_gaps(
         self, item_seq: torch.Tensor, time_seq: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
