@@ -51,11 +51,12 @@ from logging import getLogger
 from pathlib import Path
 
 import torch
-from recbole.utils import init_logger, init_seed
+from recbole.utils import init_seed
 
 from recbole_hyena.config import Config
 from recbole_hyena.data import create_dataset, data_preparation
 from recbole_hyena.model.abstract_recommender import AllPositionMixin
+from recbole_hyena.quick_start import restart_logger
 from recbole_hyena.utils import get_model, get_trainer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -406,11 +407,8 @@ def train_and_test(
     config_dict = {**protocol_config(model), **overrides, "checkpoint_dir": str(state_dir)}
     config = Config(model=model, dataset=dataset, config_dict=config_dict)
     init_seed(config["seed"], config["reproducibility"])
-    # each model logs to its own file: drop the previous model's handlers (as RecBole does)
+    restart_logger(config)  # each model logs to its own file
     logger = getLogger()
-    for handler in logger.handlers[:]:
-        logger.removeHandler(handler)
-    init_logger(config)
     data = create_dataset(config)
     train_data, valid_data, test_data = data_preparation(config, data)
     steps_per_epoch = len(train_data)

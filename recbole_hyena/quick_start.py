@@ -118,6 +118,15 @@ def run_recbole_hyena(
     return result
 
 
+def restart_logger(config) -> None:
+    """Log the next run of this process to its own file: drop the previous run's handlers (as
+    RecBole's tuning does) before RecBole's ``init_logger``."""
+    logger = getLogger()
+    for handler in logger.handlers[:]:
+        logger.removeHandler(handler)
+    init_logger(config)
+
+
 def run_recbole_hyenas(rank: int, *args) -> None:
     """Entry point of one spawned DDP process (RecBole's ``run_recboles``)."""
     kwargs = args[-1]
@@ -145,11 +154,7 @@ def objective_function(
     """
     config = Config(config_dict=config_dict, config_file_list=config_file_list)
     init_seed(config["seed"], config["reproducibility"])
-    # Each trial logs to its own file: drop the previous trial's handlers (as RecBole does).
-    logger = getLogger()
-    for handler in logger.handlers[:]:
-        logger.removeHandler(handler)
-    init_logger(config)
+    restart_logger(config)
 
     dataset = create_dataset(config)
     train_data, valid_data, test_data = data_preparation(config, dataset)
