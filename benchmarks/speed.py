@@ -15,6 +15,9 @@ dataset stub, so no data files are needed) and measures:
   one) and PyTorch's CPU fused attention added, both of which it does not count. Attention is
   counted as dense L x L (causal kernels skip about half of it); element-wise work is not counted.
 
+A model may carry its own config values in brackets, ``HyenaRec[gradient_checkpointing=True]``;
+the whole label names its rows.
+
 Out-of-memory errors, crashes and time-outs become rows with their status; once a (model, dtype)
 fails at some L the larger lengths are reported as skipped. ``SASRec`` and ``GRU4Rec`` name
 RecBole's own classes; any other name is looked up with ``recbole_hyena.utils.get_model``.
@@ -147,6 +150,27 @@ def _autocast(device_type: str, dtype):
     return torch.autocast(device_type, dtype=dtype, enabled=dtype is not None)
 
 
+def parse_model_label(label: str) -> tuple[str, dict]:
+    """``"HyenaRec[gradient_checkpointing=True,checkpoint_chunk_size=8]"`` -> the model name and
+    its own config values (YAML values), so that one run can compare settings of one model."""
+    import yaml
+
+    name, bracket, rest = label.partition("[")
+    if not bracket:
+        return label, {}
+    if not rest.endswith("]"):
+        raise ValueError(
+            f"model [{label}]: settings go in brackets, e.g. Name[key=value,key=value]"
+        )
+    overrides = {}
+    for item in filter(None, rest[:-1].split(",")):
+        key, equals, value = item.partition("=")
+        if not equals:
+            raise ValueError(f"model [{label}]: [{item}] is not key=value")
+        overrides[key.strip()] = yaml.safe_load(value)
+    return name, overrides
+
+
 def _build_model(spec: dict):
     import importlib
 
@@ -155,7 +179,7 @@ def _build_model(spec: dict):
     from recbole_hyena.config import Config
     from recbole_hyena.utils import get_model
 
-    name = spec["model"]
+    name, own_overrides = parse_model_label(spec["model"])
     config_dict = {
         "use_gpu": spec["device"] == "cuda",
         "MAX_ITEM_LIST_LENGTH": spec["seq_len"],
@@ -167,6 +191,7 @@ def _build_model(spec: dict):
         "loss_type": "CE",
         "train_neg_sample_args": None,
         **spec["overrides"],
+        **own_overrides,
     }
     config = Config(model=name, dataset="ml-100k", config_dict=config_dict)
     if name in STOCK_MODELS:

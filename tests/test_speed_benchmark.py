@@ -103,3 +103,14 @@ def test_hyenarec_flops_include_its_ffts():
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model.calculate_loss(_batch(model, 20))
     assert with_ffts > counter.get_total_flops() > 0
+
+
+def test_a_model_label_carries_its_own_settings():
+    assert speed.parse_model_label("HyenaRec") == ("HyenaRec", {})
+    assert speed.parse_model_label(
+        "HyenaRec[gradient_checkpointing=True,checkpoint_chunk_size=8]"
+    ) == ("HyenaRec", {"gradient_checkpointing": True, "checkpoint_chunk_size": 8})
+    with pytest.raises(ValueError, match="key=value"):
+        speed.parse_model_label("HyenaRec[gradient_checkpointing]")
+    with pytest.raises(ValueError, match="brackets"):
+        speed.parse_model_label("HyenaRec[a=1")

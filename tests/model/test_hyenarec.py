@@ -98,3 +98,33 @@ def test_learns_a_planted_successor_pattern():
 def test_bad_filter_type_names_the_option():
     with pytest.raises(ValueError, match="filter_type"):
         build_model(filter_type="wavelet")
+
+
+@pytest.mark.parametrize("chunk, dropout", [(0, 0.2), (3, 0.0)])
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(chunk, dropout):
+    """Recomputation replays the forward's dropout masks; chunks of 3 sequences draw their masks
+    chunk by chunk, so they match the plain model without dropout."""
+    items, lengths = random_sequences(7, 20, 50)
+    targets = torch.randint(1, 50, items.shape) * (items > 0)
+    batch = interaction(items, lengths, target_item_id_list=targets)
+    results = []
+    for checkpointing in (False, True):
+        model = build_model(
+            gradient_checkpointing=checkpointing,
+            checkpoint_chunk_size=chunk,
+            hidden_dropout_prob=dropout,
+        )
+        model.train()
+        torch.manual_seed(1)
+        loss = model.calculate_loss(batch)
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad for n, p in model.named_parameters()}))
+    (plain_loss, plain_grads), (loss, grads) = results
+    assert torch.allclose(loss, plain_loss, atol=1e-6)
+    for name, grad in plain_grads.items():
+        assert torch.allclose(grads[name], grad, atol=1e-6), name
+
+
+def test_bad_checkpoint_chunk_size_names_the_option():
+    with pytest.raises(ValueError, match="checkpoint_chunk_size"):
+        build_model(checkpoint_chunk_size=-1)

@@ -8,6 +8,8 @@ from recbole_hyena.model.layers import (
     CausalShortConv,
     HyenaOperator,
     ShortPath,
+    _FFTCausalConv,
+    causal_windows,
     fast_fft_length,
     fft_causal_conv,
 )
@@ -36,6 +38,29 @@ def test_fft_conv_matches_direct_convolution(seq_len):
     assert torch.allclose(
         fft_causal_conv(inputs, kernels).double(), direct_causal_conv(inputs, kernels), atol=1e-5
     )
+
+
+@pytest.mark.parametrize("seq_len", [1, 6, 33])
+def test_fft_conv_hand_written_backward_matches_numerical_gradients(seq_len):
+    torch.manual_seed(seq_len)
+    inputs = torch.randn(2, 3, seq_len, dtype=torch.float64, requires_grad=True)
+    kernels = torch.randn(3, seq_len, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(_FFTCausalConv.apply, (inputs, kernels))
+
+
+def test_fft_conv_gradients_match_the_direct_convolution():
+    torch.manual_seed(0)
+    inputs = torch.randn(2, 3, 17, requires_grad=True)
+    kernels = torch.randn(3, 17, requires_grad=True)
+    skip = torch.randn(3, requires_grad=True)
+    weights = torch.randn(2, 3, 17)
+    (fft_causal_conv(inputs, kernels, skip) * weights).sum().backward()
+    fft_grads = [t.grad.clone() for t in (inputs, kernels, skip)]
+    for t in (inputs, kernels, skip):
+        t.grad = None
+    (direct_causal_conv(inputs, kernels, skip) * weights).sum().backward()
+    for fft_grad, direct in zip(fft_grads, (inputs, kernels, skip)):
+        assert torch.allclose(fft_grad, direct.grad, atol=1e-5)
 
 
 def test_fft_conv_ignores_kernel_taps_beyond_the_input():
@@ -146,18 +171,45 @@ def test_operator_is_causal_by_autograd(glu):
 def test_operator_output_does_not_depend_on_padding_side_or_amount():
     operator = make_operator()
     items = torch.randn(1, 12, 8)
-    ones = torch.ones(1, 1, 12)
+    ones = torch.ones(1, 12, 1)
     reference = operator(items, ones)
     # right padding with junk in the padded slots
     right = torch.cat([items, torch.randn(1, 9, 8)], dim=1)
-    right_mask = torch.cat([ones, torch.zeros(1, 1, 9)], dim=-1)
+    right_mask = torch.cat([ones, torch.zeros(1, 9, 1)], dim=1)
     assert torch.allclose(operator(right, right_mask)[:, :12], reference, atol=1e-5)
     # left padding: the mask zeroes the padded streams, so the valid outputs are unchanged
     left = torch.cat([torch.randn(1, 9, 8), items], dim=1)
-    left_mask = torch.cat([torch.zeros(1, 1, 9), ones], dim=-1)
+    left_mask = torch.cat([torch.zeros(1, 9, 1), ones], dim=1)
     assert torch.allclose(operator(left, left_mask)[:, 9:], reference, atol=1e-5)
 
 
 def test_operator_rejects_sequences_longer_than_its_filter():
     with pytest.raises(ValueError, match="filter length 40"):
         make_operator()(torch.randn(1, 41, 8))
+
+
+@pytest.mark.parametrize("kernel_size, dilation, glu", [(3, 1, True), (3, 2, False), (1, 1, True)])
+def test_short_path_equals_projection_then_depthwise_conv(kernel_size, dilation, glu):
+    """The fused short path is exactly ``conv(mask * in_proj(x))`` (then the GLU), padding
+    positions included."""
+    torch.manual_seed(kernel_size + dilation)
+    path = ShortPath(6, 3, kernel_size=kernel_size, dilation=dilation, glu=glu)
+    inputs = torch.randn(2, 15, 6)
+    mask = torch.ones(2, 15, 1)
+    mask[0, :4] = 0  # left padding
+    mask[1, 11:] = 0  # right padding
+    projected = (path.in_proj(inputs) * mask).transpose(1, 2)
+    expected = path.short_conv(projected)
+    if glu:
+        value, gate = expected.chunk(2, dim=1)
+        expected = value * torch.sigmoid(gate)
+    assert torch.allclose(path(inputs, mask), expected, atol=1e-5)
+    assert torch.allclose(path(inputs), path(inputs, torch.ones(2, 15, 1)))
+
+
+def test_causal_windows_hold_the_dilated_past():
+    inputs = torch.arange(1.0, 8.0).view(1, 7, 1)
+    windows = causal_windows(inputs, kernel_size=3, dilation=2)
+    assert windows.shape == (1, 7, 3)
+    assert windows[0, 6].tolist() == [3.0, 5.0, 7.0]  # t - 4, t - 2, t
+    assert windows[0, 1].tolist() == [0.0, 0.0, 2.0]

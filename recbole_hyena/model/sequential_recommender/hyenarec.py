@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from recbole_hyena.model.abstract_recommender import CausalSequentialRecommender
 from recbole_hyena.model.filters import KernelGenerator, build_kernel_generator
@@ -47,6 +48,12 @@ class HyenaRec(CausalSequentialRecommender):
         self.short_conv_size = config["short_conv_size"]
         self.short_conv_dilation = config["short_conv_dilation"]
         self.use_glu = config["use_glu"]
+        self.gradient_checkpointing = config["gradient_checkpointing"]
+        self.checkpoint_chunk_size = config["checkpoint_chunk_size"] or 0
+        if self.checkpoint_chunk_size < 0:
+            raise ValueError(
+                f"checkpoint_chunk_size must be >= 0 (0: the whole batch), got {self.checkpoint_chunk_size}"
+            )
 
         # define layers and loss
         self.item_embedding = nn.Embedding(self.n_items, self.hidden_size, padding_idx=0)
@@ -89,11 +96,24 @@ class HyenaRec(CausalSequentialRecommender):
         )
 
     def forward_sequence(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:
-        mask = (item_seq > 0).unsqueeze(1).to(self.item_embedding.weight.dtype)  # [B, 1, L]
+        mask = (item_seq > 0).unsqueeze(-1).to(self.item_embedding.weight.dtype)  # [B, L, 1]
         hidden = self.emb_dropout(self.item_embedding(item_seq))  # [B, L, H]
+        recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for block in self.blocks:
-            hidden = block(hidden, mask)
+            hidden = self._checkpointed(block, hidden, mask) if recompute else block(hidden, mask)
         return self.final_norm(hidden)  # [B, L, H]
+
+    def _checkpointed(self, block: nn.Module, hidden: torch.Tensor, mask: torch.Tensor):
+        """``block(hidden, mask)`` keeping only its input for the backward pass, which recomputes
+        the block's activations (about 20 tensors of [B, L, H]; same dropout masks) one chunk of
+        ``checkpoint_chunk_size`` sequences at a time: the blocks are per-sequence, so the peak
+        memory then follows the chunk, not the batch."""
+        chunk = self.checkpoint_chunk_size or hidden.shape[0]
+        outputs = [
+            checkpoint(block, hidden_chunk, mask_chunk, use_reentrant=False)
+            for hidden_chunk, mask_chunk in zip(hidden.split(chunk), mask.split(chunk))
+        ]
+        return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
 
 
 # The paper's ablations (Table 4 and Appendix C). Each is HyenaRec under another name with its
