@@ -108,10 +108,10 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(chunk, dropout
     targets = torch.randint(1, 50, items.shape) * (items > 0)
     batch = interaction(items, lengths, target_item_id_list=targets)
     results = []
-    for checkpointing in (False, True):
+    for checkpointing in (False, True):  # the plain model runs the whole batch at once
         model = build_model(
             gradient_checkpointing=checkpointing,
-            checkpoint_chunk_size=chunk,
+            block_chunk_size=chunk if checkpointing else 0,
             hidden_dropout_prob=dropout,
         )
         model.train()
@@ -125,6 +125,25 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(chunk, dropout
         assert torch.allclose(grads[name], grad, atol=1e-6), name
 
 
-def test_bad_checkpoint_chunk_size_names_the_option():
-    with pytest.raises(ValueError, match="checkpoint_chunk_size"):
-        build_model(checkpoint_chunk_size=-1)
+def test_bad_block_chunk_size_names_the_option():
+    for bad in (-1, "big"):
+        with pytest.raises(ValueError, match="block_chunk_size"):
+            build_model(block_chunk_size=bad)
+
+
+def test_block_chunks_give_the_same_outputs():
+    items, lengths = random_sequences(7, 20, 50)
+    whole = build_model().forward_sequence(items, lengths)
+    chunked = build_model(block_chunk_size=3).forward_sequence(items, lengths)
+    assert torch.allclose(chunked, whole, atol=1e-6)
+
+
+def test_auto_block_chunks_keep_cpu_tensors_small_and_change_nothing():
+    model = build_model(MAX_ITEM_LIST_LENGTH=2000, block_chunk_size="auto")
+    hidden = torch.zeros(128, 2000, 64)
+    # 384 short-path channels x 2000 positions x 4 bytes per sequence, 24 MiB per chunk
+    assert model._auto_chunk_size(hidden) == 24 * 2**20 // (384 * 2000 * 4)
+    items, lengths = random_sequences(5, 30, 50)
+    whole = build_model(MAX_ITEM_LIST_LENGTH=30).forward_sequence(items, lengths)
+    auto = build_model(MAX_ITEM_LIST_LENGTH=30, block_chunk_size="auto")
+    assert torch.allclose(auto.forward_sequence(items, lengths), whole, atol=1e-6)
