@@ -151,7 +151,7 @@ def _autocast(device_type: str, dtype):
 
 
 def parse_model_label(label: str) -> tuple[str, dict]:
-    """``"HyenaRec[gradient_checkpointing=True,checkpoint_chunk_size=8]"`` -> the model name and
+    """``"HyenaRec[gradient_checkpointing=True,block_chunk_size=8]"`` -> the model name and
     its own config values (YAML values), so that one run can compare settings of one model."""
     import yaml
 

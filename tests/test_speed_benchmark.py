@@ -107,9 +107,10 @@ def test_hyenarec_flops_include_its_ffts():
 
 def test_a_model_label_carries_its_own_settings():
     assert speed.parse_model_label("HyenaRec") == ("HyenaRec", {})
-    assert speed.parse_model_label(
-        "HyenaRec[gradient_checkpointing=True,block_chunk_size=8]"
-    ) == ("HyenaRec", {"gradient_checkpointing": True, "block_chunk_size": 8})
+    assert speed.parse_model_label("HyenaRec[gradient_checkpointing=True,block_chunk_size=8]") == (
+        "HyenaRec",
+        {"gradient_checkpointing": True, "block_chunk_size": 8},
+    )
     with pytest.raises(ValueError, match="key=value"):
         speed.parse_model_label("HyenaRec[gradient_checkpointing]")
     with pytest.raises(ValueError, match="brackets"):
