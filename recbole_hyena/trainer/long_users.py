@@ -9,6 +9,7 @@ over the users whose history length is in the top ``1 - long_user_quantile`` sha
 default) of the evaluated users, under keys prefixed ``long_`` (``long_recall@10``, ...). A user's
 history length is their number of interactions in the data set on the plugin's data path, and
 the length of the input sequence (at most MAX_ITEM_LIST_LENGTH) on RecBole's stock path.
+Under DDP the threshold and the means cover the users of all processes.
 """
 
 from __future__ import annotations
@@ -71,10 +72,37 @@ class LongUserEvaluationMixin:
         if struct is None or not self._row_history_lengths:
             return result  # not a full-ranking evaluation
         lengths = torch.cat(self._row_history_lengths).float()
-        is_long = lengths >= torch.quantile(lengths, self.long_user_quantile)
-        long_result = self.evaluator.evaluate(_select_rows(struct, is_long))
+        distributed = not self.config["single_spec"] and torch.distributed.is_initialized()
+        # Under DDP each process holds a shard of the users: the threshold comes from all of
+        # them, and the per-process means are combined weighted by their long users, as
+        # RecBole's _map_reduce does for the overall metrics.
+        all_lengths = _gather_lengths(lengths) if distributed else lengths
+        is_long = lengths >= torch.quantile(all_lengths, self.long_user_quantile)
+        long_result = (
+            self.evaluator.evaluate(_select_rows(struct, is_long)) if is_long.any() else {}
+        )
+        if distributed:
+            long_result = self._mean_over_processes(long_result, list(result), int(is_long.sum()))
         result.update({LONG_PREFIX + key: value for key, value in long_result.items()})
         return result
+
+    def _mean_over_processes(self, local: dict, keys: list[str], n_rows: int) -> dict:
+        totals = torch.tensor(
+            [local.get(key, 0.0) * n_rows for key in keys] + [n_rows],
+            dtype=torch.float64,
+            device=self.device,
+        )
+        torch.distributed.all_reduce(totals)
+        n_total = totals[-1].item()
+        places = self.config["metric_decimal_place"]
+        return {key: round(totals[i].item() / n_total, places) for i, key in enumerate(keys)}
+
+
+def _gather_lengths(lengths: torch.Tensor) -> torch.Tensor:
+    """The history lengths of every process's rows (the shards may differ in size)."""
+    shards: list = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(shards, lengths.tolist())
+    return torch.tensor([length for shard in shards for length in shard])
 
 
 def _interactions_per_user(dataset: LongHistoryDataset) -> torch.Tensor:
