@@ -161,6 +161,8 @@ def run_train(args) -> None:
 def run_scale(args) -> None:
     """Build a synthetic set of ``--users`` x 1000 events at L=1000, train one HyenaRec epoch
     (autoregressive windows, batch 32 as the paper's XLong) and run one validation pass."""
+    import torch
+
     from recbole_hyena.config import Config
     from recbole_hyena.data import create_dataset, data_preparation
     from recbole_hyena.data.synthetic import write_synthetic_dataset
@@ -202,7 +204,7 @@ def run_scale(args) -> None:
         "interactions": train._dataset.inter_num,
         "L": 1000,
         "windows": len(train._dataset),
-        "torch_threads": __import__("torch").get_num_threads(),
+        "torch_threads": torch.get_num_threads(),
         "write_s": write_seconds,
         "build_s": build_seconds,
         "build_peak_rss_gb": build_rss,

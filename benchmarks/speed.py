@@ -320,18 +320,21 @@ def run_child(spec: dict) -> None:
         loss.backward()
         optimizer.step()
 
+    def measure(phase: str, step) -> dict:
+        """Median and minimum time, tokens per second and peak memory of ``step``."""
+        reset_peak()
+        times = _timed(step, sync, spec["warmup"], spec["repeats"])
+        median_ms, min_ms = _median_and_min(times)
+        return {
+            f"{phase}_ms": round(median_ms, 2),
+            f"{phase}_ms_min": round(min_ms, 2),
+            f"{phase}_tokens_per_s": round(tokens / (median_ms / 1e3)),
+            f"{phase}_peak_mb": round(peak_mb(), 1),
+        }
+
     status = "ok"
     try:
-        reset_peak()
-        times = _timed(train_step, sync, spec["warmup"], spec["repeats"])
-        train_ms, train_ms_min = _median_and_min(times)
-        report(
-            status="ok",
-            train_ms=round(train_ms, 2),
-            train_ms_min=round(train_ms_min, 2),
-            train_tokens_per_s=round(tokens / (train_ms / 1e3)),
-            train_peak_mb=round(peak_mb(), 1),
-        )
+        report(status="ok", **measure("train", train_step))
     except Exception as error:
         status = "oom" if _is_oom(error) else "error"
         report(status=status, note=f"train: {type(error).__name__}: {error}"[:300])
@@ -350,16 +353,7 @@ def run_child(spec: dict) -> None:
             model.full_sort_predict(batch)
 
     try:
-        reset_peak()
-        times = _timed(infer_step, sync, spec["warmup"], spec["repeats"])
-        infer_ms, infer_ms_min = _median_and_min(times)
-        report(
-            status=status,
-            infer_ms=round(infer_ms, 2),
-            infer_ms_min=round(infer_ms_min, 2),
-            infer_tokens_per_s=round(tokens / (infer_ms / 1e3)),
-            infer_peak_mb=round(peak_mb(), 1),
-        )
+        report(status=status, **measure("infer", infer_step))
     except Exception as error:
         infer_status = "oom" if _is_oom(error) else "error"
         note = (result["note"] + "; " if result["note"] else "") + f"infer: {type(error).__name__}"
