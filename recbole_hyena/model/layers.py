@@ -140,17 +140,30 @@ def causal_windows(inputs: torch.Tensor, kernel_size: int, dilation: int = 1) ->
     return windows.reshape(*inputs.shape[:2], -1)
 
 
+def projected_causal_conv(
+    inputs: torch.Tensor, projection: torch.Tensor, conv: nn.Conv1d
+) -> torch.Tensor:
+    """``conv(inputs @ projection.T)`` for a causal depth-wise ``conv`` (left zero padding), as
+    one matrix product over windows of the conv's taps: ``[B, L, D_in] -> [B, L, C]``.
+
+    Both steps are linear, so the effective weight is
+    ``W_eff[c, (d, j)] = w_conv[c, j] projection[c, d]``; on CPU this is about twice as fast as a
+    linear layer followed by ``conv1d``, and the result is channels-last.
+    """
+    windows = causal_windows(inputs, conv.kernel_size[0], conv.dilation[0])
+    weight = (projection.unsqueeze(-1) * conv.weight).flatten(1)  # [C, D_in * K]
+    return F.linear(windows, weight, conv.bias)
+
+
 class ShortPath(nn.Module):
     r"""In-projection to ``n_streams`` streams of width ``d_model``, a causal short conv and,
     with ``glu``, GLU gating ``a * sigmoid(b)`` of a doubled projection (HyenaRec's addition
     for short bursts of interest).
 
-    The projection and the depth-wise conv are linear, so they run as one matrix product over
-    windows of ``K`` inputs, with the effective weight ``W_eff[c, (d, j)] = w_conv[c, j] W_in[c, d]``
-    formed from the two modules' own parameters: on CPU this is about twice as fast as a linear
-    layer followed by a depth-wise ``conv1d``, and its output is already channels-last for the
-    gating. The in-projection's bias enters through a mask channel, so that padding looks like
-    the conv's own zero padding rather than like the bias.
+    The projection and the depth-wise conv run as one matrix product (``projected_causal_conv``),
+    whose output is already channels-last for the gating. The in-projection's bias enters through
+    a mask channel, so that padding looks like the conv's own zero padding rather than like the
+    bias.
     """
 
     def __init__(
@@ -172,12 +185,9 @@ class ShortPath(nn.Module):
     ) -> torch.Tensor:  # [B, L, D] -> [B, n_streams * D, L]; mask [B, L, 1], 1 at items
         if mask is None:
             mask = inputs.new_ones(*inputs.shape[:2], 1)
-        conv = self.short_conv.conv
         features = torch.cat([inputs * mask, mask], dim=-1)  # [B, L, D + 1]
-        windows = causal_windows(features, conv.kernel_size[0], conv.dilation[0])
         projection = torch.cat([self.in_proj.weight, self.in_proj.bias.unsqueeze(1)], dim=1)
-        weight = (projection.unsqueeze(-1) * conv.weight).flatten(1)  # [width, (D + 1) * K]
-        streams = F.linear(windows, weight, conv.bias)  # [B, L, width]
+        streams = projected_causal_conv(features, projection, self.short_conv.conv)
         if self.glu:
             # value * sigmoid(gate) as one fused op, which also spares the backward a concat.
             streams = F.glu(streams, dim=-1)
@@ -267,7 +277,8 @@ class FeedForward(nn.Module):
 
 
 class PreNormBlock(nn.Module):
-    """``x + Dropout(Mixer(LN(x)))`` then ``x + Dropout(MLP(LN(x)))``."""
+    """``x + Dropout(Mixer(LN(x), ...))`` then ``x + Dropout(MLP(LN(x)))``, around any mixer;
+    extra arguments of ``forward`` go to the mixer (e.g. a padding mask, time gaps)."""
 
     def __init__(
         self,
@@ -282,11 +293,12 @@ class PreNormBlock(nn.Module):
         self.mixer_norm = nn.LayerNorm(d_model, eps=layer_norm_eps)
         self.mixer = mixer
         self.ffn_norm = nn.LayerNorm(d_model, eps=layer_norm_eps)
-        # The paper's block drops out only the mixer and MLP outputs; dropout inside the MLP
-        # would also cost a random draw per hidden unit (on CPU ~8% of a training step).
+        # Dropout on the mixer and MLP outputs only (the HyenaRec paper's block): dropout inside
+        # the MLP would also cost a random draw per hidden unit (on CPU ~8% of a training step).
         self.ffn = FeedForward(d_model, inner_size, 0.0, activation)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, hidden: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        hidden = hidden + self.dropout(self.mixer(self.mixer_norm(hidden), mask))
+    def forward(self, hidden: torch.Tensor, *mixer_args, **mixer_kwargs) -> torch.Tensor:
+        mixed = self.mixer(self.mixer_norm(hidden), *mixer_args, **mixer_kwargs)
+        hidden = hidden + self.dropout(mixed)
         return hidden + self.dropout(self.ffn(self.ffn_norm(hidden)))

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recbole_hyena.model.layers import CausalShortConv
+from recbole_hyena.model.layers import CausalShortConv, projected_causal_conv
 
 try:  # optional GPU kernels; everything works without them
     from fla.ops.gated_delta_rule import chunk_gated_delta_rule as _fla_chunk_gated_delta_rule
@@ -369,11 +369,15 @@ class TemporalDeltaNet(nn.Module):
     ) -> torch.Tensor:
         """``inputs`` ``[B, L, D]``, ``gaps`` ``[B, L]`` (units of tau), ``mask`` ``[B, L]``
         (True at events) -> ``[B, L, D]``. ``backend`` overrides the layer's kernel choice."""
-        qkv = self.qkv_proj(inputs)
         if mask is not None:
-            qkv = qkv * mask.unsqueeze(-1).to(qkv.dtype)
+            inputs_at_events = inputs * mask.unsqueeze(-1).to(inputs.dtype)
+        else:
+            inputs_at_events = inputs
         if self.conv is not None:
-            qkv = F.silu(self.conv(qkv.transpose(1, 2)).transpose(1, 2))
+            qkv = projected_causal_conv(inputs_at_events, self.qkv_proj.weight, self.conv.conv)
+            qkv = F.silu(qkv)
+        else:
+            qkv = self.qkv_proj(inputs_at_events)
         query, key, value = self._qkv(qkv)
         log_alpha, beta = self.gates(inputs, gaps, mask)
         outputs, _ = gated_delta_rule(

@@ -11,6 +11,7 @@ from recbole.data.interaction import Interaction
 
 from recbole_hyena.config import Config
 from recbole_hyena.model.sequential_recommender.hytrec import CausalSelfAttention, HyTRec
+from recbole_hyena.model.tadn import TemporalDeltaNet
 from tests.conftest import build_model, random_sequences
 
 N_ITEMS = 40
@@ -46,7 +47,7 @@ def test_builds_from_its_property_file():
     model = build_model("HyTRec", N_ITEMS)
     assert isinstance(model, HyTRec)
     assert model.TIME_SEQ == "timestamp_list"
-    kinds = [block.is_linear for block in model.long_blocks]
+    kinds = [isinstance(block.mixer, TemporalDeltaNet) for block in model.long_blocks]
     assert kinds == [True, True, True, False]  # 3 TADN : 1 softmax
     assert model.short_window == 50 and model.use_short_branch and model.tadn_time_terms
     config = Config(model="HyTRec", dataset="ml-100k", config_dict={"use_gpu": False})
@@ -63,7 +64,7 @@ def test_builds_from_its_property_file():
 )
 def test_linear_softmax_ratio(ratio, expected):
     model = build_model("HyTRec", N_ITEMS, linear_softmax_ratio=ratio, **SMALL)
-    assert [block.is_linear for block in model.long_blocks] == expected
+    assert [isinstance(block.mixer, TemporalDeltaNet) for block in model.long_blocks] == expected
 
 
 def test_bad_values_are_named():

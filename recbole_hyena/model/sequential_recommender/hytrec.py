@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recbole_hyena.model.abstract_recommender import CausalSequentialRecommender
-from recbole_hyena.model.layers import FeedForward
+from recbole_hyena.model.layers import PreNormBlock
 from recbole_hyena.model.tadn import TemporalDeltaNet
 
 
@@ -86,8 +86,9 @@ class CausalSelfAttention(nn.Module):
             return F.pad(x, (0, 0, 0, tail)).view(batch, heads, n_blocks, window, head_dim)
 
         def key_blocks(x: torch.Tensor) -> torch.Tensor:  # [B, H, n, 2W, d]: previous + own block
-            padded = F.pad(x, (0, 0, window, tail))
-            return padded.unfold(2, 2 * window, window).transpose(-1, -2)
+            padded = F.pad(x, (0, 0, window, tail)).view(batch, heads, n_blocks + 1, window, -1)
+            # one contiguous copy; unfold's overlapping view costs a scatter in the backward pass
+            return torch.cat([padded[:, :, :-1], padded[:, :, 1:]], dim=3)
 
         query = query_blocks(query) / math.sqrt(head_dim)
         scores = query @ key_blocks(key).transpose(-1, -2)  # [B, H, n, W, 2W]
@@ -98,8 +99,9 @@ class CausalSelfAttention(nn.Module):
         allowed = (distance >= 0) & (distance < window)  # [W, 2W]
         first_block = allowed & (cols >= window)  # block 0 has no previous block
         allowed = torch.stack([first_block] + [allowed] * (n_blocks - 1))  # [n, W, 2W]
-        scores = scores + self.distance_bias[:, distance.clamp(0, window - 1)].unsqueeze(1)
-        scores = scores.masked_fill(~allowed, -math.inf)
+        # bias and mask as one small [H, n, W, 2W] term: a single pass over the scores
+        bias = self.distance_bias[:, distance.clamp(0, window - 1)].unsqueeze(1)
+        scores = scores + bias.masked_fill(~allowed, -math.inf)
         if memory is not None:
             memory_key, memory_value = (
                 query_blocks(self._heads(x)) for x in self.memory_proj(memory).chunk(2, dim=-1)
@@ -111,36 +113,6 @@ class CausalSelfAttention(nn.Module):
         if memory is not None:
             outputs = outputs + weights[..., 2 * window :] * memory_value
         return outputs.reshape(batch, heads, n_blocks * window, head_dim)[:, :, :seq_len]
-
-
-class HybridBlock(nn.Module):
-    """Pre-norm residual block around any mixer: ``x + Dropout(Mixer(LN(x), ...))`` then
-    ``x + Dropout(MLP(LN(x)))``; extra arguments go to the mixer."""
-
-    def __init__(
-        self,
-        d_model: int,
-        mixer: nn.Module,
-        inner_size: int,
-        dropout: float,
-        activation: str,
-        layer_norm_eps: float,
-    ):
-        super().__init__()
-        self.mixer_norm = nn.LayerNorm(d_model, eps=layer_norm_eps)
-        self.mixer = mixer
-        self.ffn_norm = nn.LayerNorm(d_model, eps=layer_norm_eps)
-        self.ffn = FeedForward(d_model, inner_size, dropout, activation)
-        self.dropout = nn.Dropout(dropout)
-
-    @property
-    def is_linear(self) -> bool:
-        return isinstance(self.mixer, TemporalDeltaNet)
-
-    def forward(self, hidden: torch.Tensor, *mixer_args, **mixer_kwargs) -> torch.Tensor:
-        mixed = self.mixer(self.mixer_norm(hidden), *mixer_args, **mixer_kwargs)
-        hidden = hidden + self.dropout(mixed)
-        return hidden + self.dropout(self.ffn(self.ffn_norm(hidden)))
 
 
 class HyTRec(CausalSequentialRecommender):
@@ -253,8 +225,8 @@ class HyTRec(CausalSequentialRecommender):
             backend=self.tadn_backend,
         )
 
-    def _block(self, mixer: nn.Module) -> HybridBlock:
-        return HybridBlock(
+    def _block(self, mixer: nn.Module) -> PreNormBlock:
+        return PreNormBlock(
             self.hidden_size,
             mixer,
             self.inner_size,
@@ -307,7 +279,10 @@ class HyTRec(CausalSequentialRecommender):
 
         long_hidden = hidden
         for block in self.long_blocks:
-            long_hidden = block(long_hidden, gaps, mask) if block.is_linear else block(long_hidden)
+            if isinstance(block.mixer, TemporalDeltaNet):
+                long_hidden = block(long_hidden, gaps, mask)
+            else:
+                long_hidden = block(long_hidden)
         long_hidden = self.long_norm(long_hidden)  # [B, L, H]
         if not self.use_short_branch:
             return long_hidden
