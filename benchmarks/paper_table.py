@@ -152,6 +152,8 @@ _TABLE4_AT10 = {  # (NDCG@10, Recall@10)
         "xlong": (0.40199, 0.51333),
     },
 }
+# Training time relative to HyenaRec (= 1) as the paper reports it (ML-1M only).
+_PAPER_TIME_RATIO = {"ml-1m": {"HyenaRec": 1.0, "SASRec": 1.77, "BERT4Rec": 4.25, "HSTU": 1.62}}
 _APPENDIX_C_RECALL10 = {
     "HyenaVanilla": {"ml-1m": 0.3162, "xlong": 0.4579, "steam": 0.1258, "video": 0.0995},
     "AtrousHyena": {"ml-1m": 0.3280, "xlong": 0.4701, "steam": 0.1326, "video": 0.1016},
@@ -217,7 +219,7 @@ def write_rows(path: Path, rows: list[dict]) -> None:
     columns = list(LEADING_COLUMNS)
     for row in rows:
         columns += [key for key in row if key not in columns]
-    tmp = path.with_suffix(".csv.tmp")
+    tmp = path.with_suffix(f".csv.{os.getpid()}.tmp")
     with tmp.open("w", newline="", encoding="utf-8") as file:
         writer = csv.DictWriter(file, fieldnames=columns)
         writer.writeheader()
@@ -256,19 +258,32 @@ def _gap(measured, paper) -> str:
     return f"{100 * (measured - paper) / paper:+.1f}%"
 
 
+def _ratio(value, reference) -> str:
+    value, reference = _number(value), _number(reference)
+    if value is None or not reference:
+        return ""
+    return f"{value / reference:.2f}x"
+
+
 def render_markdown(rows: list[dict], dataset: str) -> str:
+    hyenarec = next((row for row in rows if row["model"] == "HyenaRec"), {})
+    paper_ratios = _PAPER_TIME_RATIO.get(dataset, {})
     lines = [
         f"# HyenaRec paper, Table 3 protocol on {dataset}",
         "",
         "Measured by `benchmarks/paper_table.py` (test set, full ranking over all items, history "
         "masked, leave-one-out, early stopping on validation Recall@10). *paper*: the published "
         "row (blank: not reported); *Δ*: measured against published. *long users*: the top 10% "
-        "of users by history length (blank: not reported by this evaluation).",
+        "of users by history length (blank: not reported by this evaluation). *× HyenaRec*: "
+        "training time and time per epoch divided by HyenaRec's (end-to-end cost in the paper's "
+        "sense; compare rows measured on the same machine under the same load, see the "
+        "settings below); *paper ×*: the paper's training time relative to HyenaRec.",
         "",
         "| model | NDCG@10 | NDCG@20 | Recall@10 | Recall@20 | paper NDCG@10 | paper NDCG@20 "
         "| paper Recall@10 | paper Recall@20 | Δ NDCG@10 | Δ Recall@10 | long users NDCG@10 "
-        "| long users Recall@10 | epochs (best) | train time | s / epoch |",
-        "|---" * 16 + "|",
+        "| long users Recall@10 | epochs (best) | train time | s / epoch | train time × HyenaRec "
+        "| s / epoch × HyenaRec | paper × |",
+        "|---" * 19 + "|",
     ]
     for row in rows:
         train_time = _number(row.get("train_time_s"))
@@ -286,6 +301,9 @@ def render_markdown(rows: list[dict], dataset: str) -> str:
                     f"{row.get('epochs', '')} ({row.get('best_epoch', '')})",
                     "" if train_time is None else f"{train_time / 60:.1f} min",
                     _fmt(row.get("time_per_epoch_s"), 1),
+                    _ratio(row.get("train_time_s"), hyenarec.get("train_time_s")),
+                    _ratio(row.get("time_per_epoch_s"), hyenarec.get("time_per_epoch_s")),
+                    _ratio(paper_ratios.get(row["model"]), 1.0),
                 ]
             )
             + " |"
@@ -595,8 +613,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
             Path(args.state_dir) / args.dataset / model,
             args.eval_every_steps,
         )
-        rows.append(row)
-        write_rows(csv_path, rows)
+        # re-read first: another run (another model, same --out) may have written a row meanwhile
+        rows = [
+            other
+            for other in read_rows(csv_path)
+            if not (other["model"] == model and other["dataset"] == args.dataset)
+        ]
+        write_rows(csv_path, [*rows, row])
         rows = read_rows(csv_path)  # one representation for every row
         (out / f"paper_table_{args.dataset}.md").write_text(
             render_markdown(rows, args.dataset), encoding="utf-8"

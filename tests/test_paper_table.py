@@ -87,6 +87,26 @@ def test_published_rows():
     assert set(paper_table.published("Mamba4Rec", "ml-1m").values()) == {None}
 
 
+def test_markdown_reports_training_time_relative_to_hyenarec():
+    rows = [
+        {"model": "HyenaRec", "train_time_s": "600", "time_per_epoch_s": "20"},
+        {"model": "SASRec", "train_time_s": "1500", "time_per_epoch_s": "30"},
+        {"model": "GRU4Rec", "train_time_s": "", "time_per_epoch_s": "10"},
+    ]
+    table = paper_table.render_markdown(rows, "ml-1m")
+    cells = {
+        line.split("|")[1].strip(): [cell.strip() for cell in line.split("|")[-4:-1]]
+        for line in table.splitlines()
+        if line.startswith("| ") and not line.startswith("| model")
+    }
+    assert cells["HyenaRec"] == ["1.00x", "1.00x", "1.00x"]
+    assert cells["SASRec"] == ["2.50x", "1.50x", "1.77x"]  # paper: SASRec 1.77x on ML-1M
+    assert cells["GRU4Rec"] == ["", "0.50x", ""]
+    without_reference = paper_table.render_markdown(rows[1:], "ml-1m")
+    sasrec_line = next(line for line in without_reference.splitlines() if "| SASRec |" in line)
+    assert [cell.strip() for cell in sasrec_line.split("|")[-4:-1]] == ["", "", "1.77x"]
+
+
 def test_overrides_are_literals_and_state_is_not_state_dir():
     overrides = paper_table.parse_overrides(
         ["--hidden_size=16", "--use_gpu=False", "--state=ERROR", "--topk=[10, 20]", "--x=true"]
