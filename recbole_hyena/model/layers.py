@@ -256,6 +256,48 @@ class HyenaOperator(nn.Module):
         return self.out_proj(value.transpose(1, 2))
 
 
+class _CPUDropout(torch.autograd.Function):
+    """Inverted dropout whose keep mask compares 16-bit random lanes with ``p``."""
+
+    @staticmethod
+    def forward(ctx, inputs: torch.Tensor, p: float) -> torch.Tensor:
+        count = inputs.numel()
+        # full 64-bit words (plain random_() leaves the sign bit 0), split into four int16 lanes
+        words = torch.empty((count + 3) // 4, dtype=torch.int64).random_(-(2**63), 2**63 - 1)
+        lanes = words.view(torch.int16)[:count].view(inputs.shape)
+        keep = lanes >= round(p * 65536) - 32768  # P(keep) = 1 - p, p rounded to 1/65536
+        ctx.scale = 1.0 / (1.0 - p)
+        ctx.save_for_backward(keep)
+        return torch.mul(inputs, keep).mul_(ctx.scale)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (keep,) = ctx.saved_tensors
+        return torch.mul(grad, keep).mul_(ctx.scale), None
+
+
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` with a cheaper random mask on CPU (same keys, same semantics).
+
+    PyTorch's CPU dropout draws one Bernoulli sample per element, which costs more than the layer
+    norms and GELUs around it (~8% of a HyenaRec training step at L=1000). Here the mask comes
+    from 64-bit random words cut into 16-bit lanes, about 2.5x faster; it uses the same seeded
+    generator, so runs stay reproducible, but draws a different stream than ``nn.Dropout``.
+    Other devices, ``inplace`` and ``p`` of 0 or 1 take ``nn.Dropout``'s own path.
+    """
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        if (
+            not self.training
+            or self.inplace
+            or not 0.0 < self.p < 1.0
+            or inputs.device.type != "cpu"
+            or not inputs.is_floating_point()
+        ):
+            return super().forward(inputs)
+        return _CPUDropout.apply(inputs, self.p)
+
+
 class FeedForward(nn.Module):
     """Position-wise MLP ``D -> inner -> D``, with dropout on its hidden layer when ``dropout > 0``."""
 
@@ -268,7 +310,7 @@ class FeedForward(nn.Module):
         self.net = nn.Sequential(
             nn.Linear(d_model, inner_size),
             _ACTIVATIONS[activation](),
-            nn.Dropout(dropout) if dropout > 0 else nn.Identity(),
+            Dropout(dropout) if dropout > 0 else nn.Identity(),
             nn.Linear(inner_size, d_model),
         )
 
@@ -296,7 +338,7 @@ class PreNormBlock(nn.Module):
         # Dropout on the mixer and MLP outputs only (the HyenaRec paper's block): dropout inside
         # the MLP would also cost a random draw per hidden unit (on CPU ~8% of a training step).
         self.ffn = FeedForward(d_model, inner_size, 0.0, activation)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, hidden: torch.Tensor, *mixer_args, **mixer_kwargs) -> torch.Tensor:
         mixed = self.mixer(self.mixer_norm(hidden), *mixer_args, **mixer_kwargs)

@@ -6,6 +6,7 @@ import torch
 from recbole_hyena.model.filters import LegendreKernelGenerator, legendre_basis, uniform_grid
 from recbole_hyena.model.layers import (
     CausalShortConv,
+    Dropout,
     HyenaOperator,
     ShortPath,
     _FFTCausalConv,
@@ -213,3 +214,27 @@ def test_causal_windows_hold_the_dilated_past():
     assert windows.shape == (1, 7, 3)
     assert windows[0, 6].tolist() == [3.0, 5.0, 7.0]  # t - 4, t - 2, t
     assert windows[0, 1].tolist() == [0.0, 0.0, 2.0]
+
+
+@pytest.mark.parametrize("p", [0.2, 0.5])
+def test_cpu_dropout_keeps_1_minus_p_scaled_and_masks_its_gradient(p):
+    torch.manual_seed(0)
+    dropout = Dropout(p).train()
+    inputs = torch.full((64, 100, 40), 2.0, requires_grad=True)  # 256,000 elements
+    outputs = dropout(inputs)
+    kept = outputs != 0
+    # kept values are scaled by 1 / (1 - p); the kept fraction is 1 - p within 5 sigma
+    assert torch.allclose(outputs[kept], torch.tensor(2.0 / (1 - p)))
+    sigma = (p * (1 - p) / inputs.numel()) ** 0.5
+    assert abs(kept.float().mean().item() - (1 - p)) < 5 * sigma
+    # no position along any axis is favoured (each 16-bit lane of a random word is used)
+    for dim in range(3):
+        per_index = kept.float().mean(dim=[d for d in range(3) if d != dim])
+        assert (per_index - (1 - p)).abs().max() < 0.05
+    outputs.sum().backward()
+    assert torch.equal(inputs.grad, kept.float() / (1 - p))
+    # seeded: the same mask again; eval mode and p = 0 are the identity
+    torch.manual_seed(0)
+    assert torch.equal(dropout(inputs.detach()), outputs.detach())
+    assert torch.equal(dropout.eval()(inputs), inputs)
+    assert torch.equal(Dropout(0.0).train()(inputs), inputs)

@@ -22,7 +22,7 @@ from torch.utils.checkpoint import checkpoint
 
 from recbole_hyena.model.abstract_recommender import CausalSequentialRecommender
 from recbole_hyena.model.filters import KernelGenerator, build_kernel_generator
-from recbole_hyena.model.layers import HyenaOperator, PreNormBlock, ShortPath
+from recbole_hyena.model.layers import Dropout, HyenaOperator, PreNormBlock, ShortPath
 
 # glibc serves allocations above its mmap threshold (at most 32 MB) with fresh pages, which the
 # kernel zero-fills on first touch: at L=1000 and batch 128 those page faults took a third of a
@@ -68,7 +68,7 @@ class HyenaRec(CausalSequentialRecommender):
         # define layers and loss
         self.item_embedding = nn.Embedding(self.n_items, self.hidden_size, padding_idx=0)
         self.item_bias = nn.Parameter(torch.zeros(self.n_items))
-        self.emb_dropout = nn.Dropout(self.hidden_dropout_prob)
+        self.emb_dropout = Dropout(self.hidden_dropout_prob)
         self.blocks = nn.ModuleList(
             PreNormBlock(
                 self.hidden_size,

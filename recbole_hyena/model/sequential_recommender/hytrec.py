@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recbole_hyena.model.abstract_recommender import CausalSequentialRecommender
-from recbole_hyena.model.layers import PreNormBlock
+from recbole_hyena.model.layers import Dropout, PreNormBlock
 from recbole_hyena.model.tadn import TemporalDeltaNet
 
 
@@ -180,7 +180,7 @@ class HyTRec(CausalSequentialRecommender):
             # bucket 0: no previous event in the input (first position) or padding
             self.gap_embedding = nn.Embedding(self.n_time_buckets, self.hidden_size, padding_idx=0)
         self.emb_norm = nn.LayerNorm(self.hidden_size, eps=self.layer_norm_eps)
-        self.emb_dropout = nn.Dropout(self.hidden_dropout_prob)
+        self.emb_dropout = Dropout(self.hidden_dropout_prob)
         self.long_blocks = nn.ModuleList(
             self._block(self._long_mixer(layer)) for layer in range(self.n_long_layers)
         )
