@@ -130,14 +130,14 @@ class CausalShortConv(nn.Module):
 
 
 def causal_windows(inputs: torch.Tensor, kernel_size: int, dilation: int = 1) -> torch.Tensor:
-    """``[B, L, C] -> [B, L, C * kernel_size]``: row ``t`` holds, channel-major, the inputs at
+    """``[B, L, C] -> [B, L, kernel_size * C]``: row ``t`` holds, tap-major, the inputs at
     ``t - (kernel_size - 1 - j) * dilation`` for ``j = 0..kernel_size-1`` (zeros before the start),
     the taps a causal ``nn.Conv1d`` of that size and dilation reads for output ``t``."""
-    span = (kernel_size - 1) * dilation + 1
-    windows = F.pad(inputs, (0, 0, span - 1, 0)).unfold(1, span, 1)  # [B, L, C, span]
-    if dilation > 1:
-        windows = windows[..., ::dilation]
-    return windows.reshape(*inputs.shape[:2], -1)
+    seq_len = inputs.shape[1]
+    padded = F.pad(inputs, (0, 0, (kernel_size - 1) * dilation, 0))
+    # shifted slices, not unfold: unfold's overlapping view costs a scatter in the backward pass
+    taps = [padded[:, j * dilation : j * dilation + seq_len] for j in range(kernel_size)]
+    return torch.cat(taps, dim=-1)
 
 
 def projected_causal_conv(
@@ -147,11 +147,11 @@ def projected_causal_conv(
     one matrix product over windows of the conv's taps: ``[B, L, D_in] -> [B, L, C]``.
 
     Both steps are linear, so the effective weight is
-    ``W_eff[c, (d, j)] = w_conv[c, j] projection[c, d]``; on CPU this is about twice as fast as a
+    ``W_eff[c, (j, d)] = w_conv[c, j] projection[c, d]``; on CPU this is about twice as fast as a
     linear layer followed by ``conv1d``, and the result is channels-last.
     """
     windows = causal_windows(inputs, conv.kernel_size[0], conv.dilation[0])
-    weight = (projection.unsqueeze(-1) * conv.weight).flatten(1)  # [C, D_in * K]
+    weight = (conv.weight.transpose(1, 2) * projection.unsqueeze(1)).flatten(1)  # [C, K * D_in]
     return F.linear(windows, weight, conv.bias)
 
 

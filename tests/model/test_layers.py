@@ -209,11 +209,11 @@ def test_short_path_equals_projection_then_depthwise_conv(kernel_size, dilation,
 
 
 def test_causal_windows_hold_the_dilated_past():
-    inputs = torch.arange(1.0, 8.0).view(1, 7, 1)
+    inputs = torch.arange(1.0, 8.0).view(1, 7, 1) * torch.tensor([1.0, -1.0])  # two channels
     windows = causal_windows(inputs, kernel_size=3, dilation=2)
-    assert windows.shape == (1, 7, 3)
-    assert windows[0, 6].tolist() == [3.0, 5.0, 7.0]  # t - 4, t - 2, t
-    assert windows[0, 1].tolist() == [0.0, 0.0, 2.0]
+    assert windows.shape == (1, 7, 6)
+    assert windows[0, 6].tolist() == [3.0, -3.0, 5.0, -5.0, 7.0, -7.0]  # t - 4, t - 2, t
+    assert windows[0, 1].tolist() == [0.0, 0.0, 0.0, 0.0, 2.0, -2.0]
 
 
 @pytest.mark.parametrize("p", [0.2, 0.5])
