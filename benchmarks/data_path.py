@@ -8,8 +8,8 @@
 ``create_dataset`` + ``data_preparation`` at L=200 and L=1000, each in its own process (peak RSS
 of that process; a memory cap turns RecBole's O(N L) path into a reported failure instead of
 swapping the machine). ``scale`` builds a 10M-interaction set (10,000 users x 1000 events) and trains one HyenaRec epoch at
-L=1000. ``train`` trains HyenaRec and SASRec on ml-100k in both training modes with
-early stopping on validation Recall@10 and reports time per epoch, time to the end of training and
+L=1000. ``train`` trains HyenaRec and SASRec on ml-100k in both training modes (autoregressive at each
+``--strides`` value of ``train_window_stride``) with early stopping on validation Recall@10 and reports time per epoch, time to the end of training and
 test NDCG@10 / Recall@10. Each writes a CSV and a PNG into --out, with machine and versions.
 """
 
@@ -118,14 +118,18 @@ def run_train(args) -> None:
     from recbole_hyena.data import create_dataset, data_preparation
     from recbole_hyena.utils import get_model, get_trainer
 
+    runs = [("prefix", 0)] if "prefix" in args.modes else []
+    if "autoregressive" in args.modes:
+        runs += [("autoregressive", stride) for stride in args.strides]
     rows = []
     for model_name in args.models:
-        for mode in ("prefix", "autoregressive"):
+        for mode, stride in runs:
             config = Config(
                 model=model_name,
                 dataset="ml-100k",
                 config_dict={
                     "train_mode": mode,
+                    "train_window_stride": stride,
                     "epochs": args.prefix_epochs if mode == "prefix" else args.epochs,
                     "show_progress": False,
                     "use_gpu": False,
@@ -146,6 +150,10 @@ def run_train(args) -> None:
                 {
                     "model": model_name,
                     "train_mode": mode,
+                    # prefix samples are windows of stride 1 with the loss at the last position
+                    "window_stride": 1
+                    if mode == "prefix"
+                    else stride or config["MAX_ITEM_LIST_LENGTH"],
                     "epochs": len(epoch_seconds),
                     "epoch_cap": config["epochs"],
                     "seconds_per_epoch": sum(epoch_seconds) / len(epoch_seconds),
@@ -155,7 +163,7 @@ def run_train(args) -> None:
                 }
             )
             print(rows[-1], flush=True)
-    write_outputs(args.out, "data_path_train", rows, "train_seconds", "training time (s)")
+    write_outputs(args.out, "data_path_train", rows, "train_seconds", "training time (s)", 3)
 
 
 def run_scale(args) -> None:
@@ -236,7 +244,9 @@ def time_epochs(trainer) -> list[float]:
     return seconds
 
 
-def write_outputs(out: str, stem: str, rows: list[dict], plot_key: str, plot_label: str) -> None:
+def write_outputs(
+    out: str, stem: str, rows: list[dict], plot_key: str, plot_label: str, label_keys: int = 2
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -250,7 +260,7 @@ def write_outputs(out: str, stem: str, rows: list[dict], plot_key: str, plot_lab
         writer = csv.DictWriter(file, fieldnames=keys)
         writer.writeheader()
         writer.writerows(rows)
-    labels = [" ".join(str(row[k]) for k in keys[:2]) for row in rows]
+    labels = [" ".join(str(row[k]) for k in keys[:label_keys]) for row in rows]
     values = [row.get(plot_key) or 0 for row in rows]
     figure, axis = plt.subplots(figsize=(8, 4))
     axis.bar(labels, values)
@@ -273,6 +283,16 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["HyenaRec", "SASRec"])
     parser.add_argument("--epochs", type=int, default=200, help="epoch cap, autoregressive mode")
     parser.add_argument("--prefix_epochs", type=int, default=200, help="epoch cap, prefix mode")
+    parser.add_argument(
+        "--modes", nargs="+", default=["prefix", "autoregressive"], help="train: training modes"
+    )
+    parser.add_argument(
+        "--strides",
+        nargs="+",
+        type=int,
+        default=[0],
+        help="train: train_window_stride values of the autoregressive runs (0: L)",
+    )
     # build-child only
     parser.add_argument("--path", choices=["stock", "plugin"])
     parser.add_argument("--length", type=int)

@@ -16,7 +16,14 @@ Two training protocols (``train_mode``):
 - ``prefix``: RecBole's samples, one per training target, each with up to L preceding items.
 - ``autoregressive``: each user's training targets are cut into windows of at most L positions,
   from the most recent backwards, so that every training target is predicted exactly once; a
-  batch also carries ``target_<ITEM_SEQ>``, the next item at every input position.
+  batch also carries ``target_<ITEM_SEQ>``, the next item at every input position (0 where no
+  loss is taken).
+
+  ``train_window_stride`` S < L makes the windows overlap: consecutive windows of a user end S
+  targets apart, each keeps up to L inputs but takes the loss only at its last S targets (a
+  user's earliest window at all of its targets), so every target is still counted once, and
+  with at least L - S items of context. S = 1 gives exactly the prefix samples; S = L (or 0,
+  the default) non-overlapping windows. The cost per epoch grows as about L / S.
 
 Validation and test samples are exactly those of RecBole's ``LS: valid_and_test`` split.
 """
@@ -44,6 +51,8 @@ class LongHistoryDataset(SequentialDataset):
         # Sample views (the split data sets) set these; the full data set has none.
         self.input_start: np.ndarray | None = None
         self.input_end: np.ndarray | None = None
+        # autoregressive views: the first target row that carries a loss, per window
+        self.loss_start: np.ndarray | None = None
         self.autoregressive = False
         super().__init__(config)
 
@@ -88,18 +97,19 @@ class LongHistoryDataset(SequentialDataset):
             valid_targets, test_targets = test_targets, test_targets[:0]
 
         if self.train_mode == "autoregressive":
-            train_start, train_end = self._windows(
-                first_target[has_train], last_train_target[has_train]
+            train_view = self._view(
+                *self._windows(first_target[has_train], last_train_target[has_train]),
+                autoregressive=True,
             )
         else:
             train_targets = _concat_ranges(
                 first_target[has_train], last_train_target[has_train] + 1
             )
-            train_start, train_end = self._prefix_inputs(train_targets), train_targets
+            train_view = self._view(self._prefix_inputs(train_targets), train_targets)
         views = [
-            self._view(train_start, train_end, self.train_mode == "autoregressive"),
-            self._view(self._prefix_inputs(valid_targets), valid_targets, False),
-            self._view(self._prefix_inputs(test_targets), test_targets, False),
+            train_view,
+            self._view(self._prefix_inputs(valid_targets), valid_targets),
+            self._view(self._prefix_inputs(test_targets), test_targets),
         ]
         return views
 
@@ -111,26 +121,42 @@ class LongHistoryDataset(SequentialDataset):
         """First input row of each target's prefix: at most L items, within the user."""
         return np.maximum(self._user_start_of_rows(targets), targets - self.max_item_list_len)
 
-    def _windows(self, first: np.ndarray, last: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Windows covering each user's targets first..last (inclusive) once, L targets each,
-        cut from the most recent backwards; returns the windows' input rows [start, end)."""
+    def _windows(
+        self, first: np.ndarray, last: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Windows over each user's targets first..last (inclusive), ending every S targets from
+        the most recent backwards (S = ``train_window_stride``); returns the windows' input rows
+        [start, end) and the first target row of each that takes a loss."""
         length = self.max_item_list_len
-        n_windows = (last - first) // length + 1
+        stride = self.config["train_window_stride"] or length
+        n_windows = (last - first) // stride + 1
         window_user = np.repeat(np.arange(len(first)), n_windows)
         # k-th window of a user counted from the end: 0, 1, ...
         window_rank = np.arange(n_windows.sum()) - np.repeat(
             np.cumsum(n_windows) - n_windows, n_windows
         )
-        window_last = last[window_user] - window_rank * length
-        window_first = np.maximum(first[window_user], window_last - length + 1)
+        user_first = first[window_user]
+        window_last = last[window_user] - window_rank * stride
+        window_first = np.maximum(user_first, window_last - length + 1)
+        loss_start = np.maximum(user_first, window_last - stride + 1)
         # inputs are the rows before the targets
-        return window_first - 1, window_last
+        return window_first - 1, window_last, loss_start
 
-    def _view(self, input_start: np.ndarray, input_end: np.ndarray, autoregressive: bool):
+    def _view(
+        self,
+        input_start: np.ndarray,
+        input_end: np.ndarray,
+        loss_start: np.ndarray | None = None,
+        autoregressive: bool = False,
+    ):
         view = self.copy(self.inter_feat)
         view.input_start = input_start.astype(np.int64)
         view.input_end = input_end.astype(np.int64)
         view.autoregressive = autoregressive
+        if autoregressive:
+            view.loss_start = (input_start + 1 if loss_start is None else loss_start).astype(
+                np.int64
+            )
         return view
 
     def __len__(self) -> int:
@@ -161,8 +187,10 @@ class LongHistoryDataset(SequentialDataset):
                 data[getattr(self, f"{field}_list_field")] = _masked_gather(column, rows, is_input)
         if self.autoregressive:
             targets = self.inter_feat[self.iid_field]
+            # no loss before the window's loss_start (targets an overlapping window counts)
+            takes_loss = is_input & (rows + 1 >= torch.from_numpy(self.loss_start[index])[:, None])
             data[TARGET_PREFIX + self.item_id_list_field] = _masked_gather(
-                targets, rows + 1, is_input
+                targets, rows + 1, takes_loss
             )
         return self.join(Interaction(data))
 

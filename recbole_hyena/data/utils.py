@@ -55,6 +55,16 @@ def check_data_config(config) -> None:
     for key in ("history_mask", "long_history_dataset"):
         if not isinstance(config[key], bool):
             raise ValueError(f"{key} [{config[key]}] must be True or False")
+    stride = config["train_window_stride"]
+    if isinstance(stride, bool) or not isinstance(stride, int) or stride < 0:
+        raise ValueError(
+            f"train_window_stride [{stride}] must be an integer >= 0 (0: MAX_ITEM_LIST_LENGTH)"
+        )
+    if stride > config["MAX_ITEM_LIST_LENGTH"]:
+        raise ValueError(
+            f"train_window_stride [{stride}] exceeds MAX_ITEM_LIST_LENGTH "
+            f"[{config['MAX_ITEM_LIST_LENGTH']}]: windows would skip training targets"
+        )
     long_history = uses_long_history_dataset(config)
     if train_mode == "autoregressive":
         from recbole_hyena.utils import get_model

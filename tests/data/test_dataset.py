@@ -53,20 +53,30 @@ def test_metrics_equal_the_stock_path_for_a_fixed_model(stock_and_plugin):
     assert stock == plugin
 
 
-def test_windows_cover_every_training_target_once_without_leaks():
-    config, (train, valid, test) = prepare(train_mode="autoregressive")
+@pytest.mark.parametrize("stride", [0, 7, 1])
+def test_windows_cover_every_training_target_once_without_leaks(stride):
+    config, (train, valid, test) = prepare(train_mode="autoregressive", train_window_stride=stride)
     data = train._dataset
     assert data.autoregressive
     items = data.inter_feat["item_id"]
-    seen_rows = []
+    user_start = data.user_row_start[
+        np.searchsorted(data.user_row_start, data.input_start, side="right") - 1
+    ]
+    seen_rows, contexts = [], []
     for index in np.array_split(np.arange(len(data)), 7):
         batch = data[index]
         rows = torch.from_numpy(data.input_start[index])[:, None] + torch.arange(20)
         has_target = batch["target_item_id_list"] > 0
         # the target of input position t is the next row: never inside its own input 0..t
         assert torch.equal(batch["target_item_id_list"][has_target], items[(rows + 1)[has_target]])
-        assert torch.equal(has_target, batch["item_id_list"] > 0)
+        assert not (has_target & (batch["item_id_list"] == 0)).any()
+        if stride == 0:  # non-overlapping windows: a loss at every input position
+            assert torch.equal(has_target, batch["item_id_list"] > 0)
         seen_rows.append((rows + 1)[has_target])
+        # inputs before each counted target, and the most its user's history allows (L = 20)
+        history = (rows + 1) - torch.from_numpy(user_start[index])[:, None]
+        inputs = torch.arange(1, 21).expand_as(rows)
+        contexts.append(torch.stack([inputs[has_target], history[has_target].clamp(max=20)]))
     seen_rows = torch.cat(seen_rows).sort().values
     # every training target of the stock split (users' rows 1 .. n-3), each exactly once
     expected = []
@@ -75,6 +85,16 @@ def test_windows_cover_every_training_target_once_without_leaks():
         held_out = min(2, max(n - 2, 0))
         expected.extend(range(start + 1, end - held_out))
     assert torch.equal(seen_rows, torch.tensor(expected))
+    # overlapping windows keep at least L - S + 1 inputs before a target (all of them: S = 1)
+    context, available = torch.cat(contexts, dim=1)
+    assert (context >= available.clamp(max=20 - (stride or 20) + 1)).all()
+    if stride == 1:
+        _, (prefix_train, _, _) = prepare(train_mode="prefix")
+        prefix = prefix_train._dataset
+        assert np.array_equal(
+            np.sort(data.input_start * 10**7 + data.input_end),
+            np.sort(prefix.input_start * 10**7 + prefix.input_end),
+        )
 
 
 def test_history_mask_removes_exactly_the_input_items():
@@ -94,6 +114,9 @@ def test_history_mask_removes_exactly_the_input_items():
         ({"train_mode": "all"}, "train_mode"),
         ({"history_mask": "yes"}, "history_mask"),
         ({"train_mode": "autoregressive", "long_history_dataset": False}, "long_history_dataset"),
+        ({"train_window_stride": -1}, r"train_window_stride \[-1\]"),
+        ({"train_window_stride": 2.5}, r"train_window_stride \[2.5\]"),
+        ({"train_window_stride": 21}, "exceeds MAX_ITEM_LIST_LENGTH"),
     ],
 )
 def test_bad_values_of_the_new_keys_are_named(overrides, message):
