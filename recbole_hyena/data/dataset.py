@@ -53,7 +53,6 @@ class LongHistoryDataset(SequentialDataset):
         self.input_end: np.ndarray | None = None
         # autoregressive views: the first target row that carries a loss, per window
         self.loss_start: np.ndarray | None = None
-        self.autoregressive = False
         super().__init__(config)
 
     def data_augmentation(self):
@@ -98,8 +97,7 @@ class LongHistoryDataset(SequentialDataset):
 
         if self.train_mode == "autoregressive":
             train_view = self._view(
-                *self._windows(first_target[has_train], last_train_target[has_train]),
-                autoregressive=True,
+                *self._windows(first_target[has_train], last_train_target[has_train])
             )
         else:
             train_targets = _concat_ranges(
@@ -147,17 +145,17 @@ class LongHistoryDataset(SequentialDataset):
         input_start: np.ndarray,
         input_end: np.ndarray,
         loss_start: np.ndarray | None = None,
-        autoregressive: bool = False,
     ):
+        """A sample view; with ``loss_start`` an autoregressive one (windows, loss per position)."""
         view = self.copy(self.inter_feat)
         view.input_start = input_start.astype(np.int64)
         view.input_end = input_end.astype(np.int64)
-        view.autoregressive = autoregressive
-        if autoregressive:
-            view.loss_start = (input_start + 1 if loss_start is None else loss_start).astype(
-                np.int64
-            )
+        view.loss_start = None if loss_start is None else loss_start.astype(np.int64)
         return view
+
+    @property
+    def autoregressive(self) -> bool:
+        return self.loss_start is not None
 
     def __len__(self) -> int:
         return len(self.inter_feat) if self.input_start is None else len(self.input_start)
