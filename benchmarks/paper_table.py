@@ -45,7 +45,11 @@ import json
 import math
 import os
 import platform
+import subprocess
+import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from logging import getLogger
 from pathlib import Path
@@ -195,6 +199,8 @@ LEADING_COLUMNS = (
         "eval_step",
         "steps_per_epoch",
         "max_epochs",
+        "stopped_by",
+        "concurrent_jobs",
         "seed",
         "device",
         "torch",
@@ -205,6 +211,23 @@ LEADING_COLUMNS = (
         "finished_at",
     ]
 )
+
+
+@contextmanager
+def _exclusive(path: Path):
+    """Hold an exclusive lock on ``<path>.lock`` (POSIX; elsewhere a no-op): runs sharing
+    ``--out`` then never interleave their read-merge-write of the table."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: run one table per --out
+        yield
+        return
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:
@@ -323,7 +346,9 @@ def render_markdown(rows: list[dict], dataset: str) -> str:
         f"- {row['model']}: train_mode {row.get('train_mode', '')}, L = "
         f"{row.get('max_seq_length', '')}, batch {row.get('train_batch_size', '')}, validation "
         f"every {row.get('eval_step', '')} epoch(s) of {row.get('steps_per_epoch', '')} steps, "
-        f"at most {row.get('max_epochs', '')} epochs, seed {row.get('seed', '')}, resumed "
+        f"at most {row.get('max_epochs', '')} epochs"
+        f"{', stopped by ' + row['stopped_by'] if row.get('stopped_by') else ''}, seed "
+        f"{row.get('seed', '')}, resumed "
         f"{row.get('resumed', 0)} time(s), overrides {row.get('overrides', '') or '{}'}"
         for row in rows
     ]
@@ -364,6 +389,10 @@ def render_figure(rows: list[dict], dataset: str, path: Path) -> None:
 # --- one model ------------------------------------------------------------------------------------
 
 
+class _TimeLimitReached(Exception):
+    """Raised after the validation that ends a run at its ``--time_limit_s``."""
+
+
 def timed_trainer(trainer_class: type) -> type:
     """``trainer_class`` that adds up the seconds spent in training and in validation epochs."""
 
@@ -371,14 +400,21 @@ def timed_trainer(trainer_class: type) -> type:
         train_seconds = 0.0
         valid_seconds = 0.0
         last_epoch = -1
+        deadline: float | None = None  # time.perf_counter() by which training must be over
+        time_is_up = False
 
         def _train_epoch(self, train_data, epoch_idx, *args, **kwargs):
             start = time.perf_counter()
             result = super()._train_epoch(train_data, epoch_idx, *args, **kwargs)
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
-            self.train_seconds += time.perf_counter() - start
+            now = time.perf_counter()
+            self.train_seconds += now - start
             self.last_epoch = epoch_idx
+            if self.deadline is not None and now + (now - start) > self.deadline:
+                # another epoch would overrun: validate this one (fit() validates when
+                # (epoch + 1) % eval_step == 0) and stop there
+                self.time_is_up, self.eval_step = True, 1
             return result
 
         def _valid_epoch(self, *args, **kwargs):
@@ -414,9 +450,16 @@ def train_and_test(
     overrides: dict,
     state_dir: Path,
     eval_every_steps: int,
+    time_limit_s: float = 0.0,
+    concurrent_jobs: int = 1,
 ) -> dict:
     """Train ``model`` (continuing from ``state_dir`` if a previous run was cut off), test its
-    best checkpoint, and return its CSV row."""
+    best checkpoint, and return its CSV row.
+
+    ``time_limit_s`` (> 0): when another training epoch, as long as the last one, would end
+    more than that many seconds after this call began, validate after this epoch and stop
+    (the row says ``stopped_by: time limit``)."""
+    call_started = time.perf_counter()
     state_dir.mkdir(parents=True, exist_ok=True)
     best_file, last_file = state_dir / "best.pth", state_dir / "last.pth"
     progress_file = state_dir / "progress.json"
@@ -466,6 +509,10 @@ def train_and_test(
         tmp.write_text(json.dumps(progress, indent=1))
         os.replace(tmp, progress_file)
 
+    configured_eval_step = trainer.eval_step
+    if time_limit_s > 0:
+        trainer.deadline = call_started + time_limit_s
+
     def after_validation(epoch_idx: int, valid_score: float) -> None:
         nonlocal best_epoch
         if trainer.cur_step == 0:  # this validation improved: best.pth was just written
@@ -473,15 +520,23 @@ def train_and_test(
         # the state to continue from if the run is cut off (optimizer, early-stopping counter)
         trainer._save_checkpoint(epoch_idx, verbose=False, saved_model_file=str(last_file))
         save_progress(finished=False)
+        if trainer.time_is_up:
+            raise _TimeLimitReached
 
     if not progress.get("finished", False) and trainer.start_epoch < trainer.epochs:
-        trainer.fit(
-            train_data,
-            valid_data,
-            saved=True,
-            show_progress=config["show_progress"],
-            callback_fn=after_validation,
-        )
+        try:
+            trainer.fit(
+                train_data,
+                valid_data,
+                saved=True,
+                show_progress=config["show_progress"],
+                callback_fn=after_validation,
+            )
+            stopped_by = "epoch cap" if trainer.last_epoch + 1 >= trainer.epochs else "early stop"
+        except _TimeLimitReached:
+            stopped_by = "time limit"
+            logger.info(f"paper_table: {model} stops at its time limit ({time_limit_s:.0f} s)")
+        progress["stopped_by"] = stopped_by
         save_progress(finished=True)
     test_result = _plain(
         trainer.evaluate(test_data, load_best_model=True, model_file=str(best_file))
@@ -510,9 +565,11 @@ def train_and_test(
         "history_mask": config["history_mask"],
         "max_seq_length": config["MAX_ITEM_LIST_LENGTH"],
         "train_batch_size": config["train_batch_size"],
-        "eval_step": trainer.eval_step,
+        "eval_step": configured_eval_step,
         "steps_per_epoch": steps_per_epoch,
         "max_epochs": config["epochs"],
+        "stopped_by": progress.get("stopped_by"),
+        "concurrent_jobs": concurrent_jobs,
         "seed": config["seed"],
         **environment(config),
         "overrides": json.dumps(overrides, sort_keys=True, default=str) if overrides else "",
@@ -564,6 +621,44 @@ def default_data_path(dataset: str) -> str | None:
     return str(Path(recbole.__file__).resolve().parent / "dataset_example")
 
 
+def run_side_by_side(models: list[str], args: argparse.Namespace, extra: list[str], out: Path):
+    """Each of ``models`` in its own ``paper_table.py`` process, ``args.jobs`` at a time; the
+    processes merge their rows into the one table (under its lock). Each one's output goes to
+    ``<out>/paper_table_<dataset>_<model>.log``."""
+    jobs = min(args.jobs, len(models))
+    common = [
+        "--dataset", args.dataset,
+        "--out", args.out,
+        "--state_dir", args.state_dir,
+        "--eval_every_steps", str(args.eval_every_steps),
+        "--time_limit_s", str(args.time_limit_s),
+        "--concurrent_jobs", str(jobs),
+    ]  # fmt: skip
+    if args.data_path:
+        common += ["--data_path", args.data_path]
+    if args.epochs is not None:
+        common += ["--epochs", str(args.epochs)]
+    environment = dict(os.environ)
+    environment.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))
+
+    def run(model: str) -> int:
+        log = out / f"paper_table_{args.dataset}_{model}.log"
+        command = [sys.executable, __file__, "--models", model, *common, *extra]
+        print(f"{model}: started, output in {log}", flush=True)
+        with log.open("w") as handle:
+            code = subprocess.call(
+                command, stdout=handle, stderr=subprocess.STDOUT, env=environment
+            )
+        print(f"{model}: {'done' if code == 0 else f'FAILED (exit {code}), see {log}'}", flush=True)
+        return code
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        codes = list(pool.map(run, models))
+    if any(codes):
+        failed = [model for model, code in zip(models, codes) if code]
+        print(f"failed: {' '.join(failed)}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
@@ -583,6 +678,21 @@ def main(argv: list[str] | None = None) -> list[dict]:
     )
     parser.add_argument("--epochs", type=int, default=None, help="maximum epochs per model")
     parser.add_argument(
+        "--time_limit_s",
+        type=float,
+        default=0.0,
+        help="per model: seconds from its start after which no training epoch begins; the "
+        "epoch that ends the run is validated (0: no limit); the row says so",
+    )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="models trained at the same time, each in its own process with cpu_count / jobs "
+        "threads (their times are then measured side by side, which the rows record)",
+    )
+    parser.add_argument("--concurrent_jobs", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument(
         "--eval_every_steps",
         type=int,
         default=500,
@@ -601,6 +711,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
     csv_path = out / f"paper_table_{args.dataset}.csv"
     rows = read_rows(csv_path)
+    pending = [
+        model
+        for model in args.models
+        if not any(row["model"] == model and row["dataset"] == args.dataset for row in rows)
+    ]
+    if args.jobs > 1 and len(pending) > 1:
+        run_side_by_side(pending, args, extra, out)
+        rows = read_rows(csv_path)
+        if rows:
+            print(render_markdown(rows, args.dataset))
+        return rows
     for model in args.models:
         if any(row["model"] == model and row["dataset"] == args.dataset for row in rows):
             print(f"{model}: row already in {csv_path}, skipped")
@@ -612,19 +733,22 @@ def main(argv: list[str] | None = None) -> list[dict]:
             overrides,
             Path(args.state_dir) / args.dataset / model,
             args.eval_every_steps,
+            args.time_limit_s,
+            args.concurrent_jobs,
         )
-        # re-read first: another run (another model, same --out) may have written a row meanwhile
-        rows = [
-            other
-            for other in read_rows(csv_path)
-            if not (other["model"] == model and other["dataset"] == args.dataset)
-        ]
-        write_rows(csv_path, [*rows, row])
-        rows = read_rows(csv_path)  # one representation for every row
-        (out / f"paper_table_{args.dataset}.md").write_text(
-            render_markdown(rows, args.dataset), encoding="utf-8"
-        )
-        render_figure(rows, args.dataset, out / f"paper_table_{args.dataset}.png")
+        with _exclusive(csv_path):
+            # re-read first: another run (another model, same --out) may have written a row
+            rows = [
+                other
+                for other in read_rows(csv_path)
+                if not (other["model"] == model and other["dataset"] == args.dataset)
+            ]
+            write_rows(csv_path, [*rows, row])
+            rows = read_rows(csv_path)  # one representation for every row
+            (out / f"paper_table_{args.dataset}.md").write_text(
+                render_markdown(rows, args.dataset), encoding="utf-8"
+            )
+            render_figure(rows, args.dataset, out / f"paper_table_{args.dataset}.png")
         print(
             f"{model}: NDCG@10 {_fmt(row['ndcg@10'])}, Recall@10 {_fmt(row['recall@10'])} "
             f"(paper {_fmt(row['paper_ndcg@10'])} / {_fmt(row['paper_recall@10'])}), "

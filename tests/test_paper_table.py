@@ -198,6 +198,42 @@ def test_a_run_cut_off_continues_from_its_last_checkpoint(tmp_path, monkeypatch)
     assert float(row["train_time_s"]) > 0
 
 
+def test_time_limit_validates_and_stops_at_the_last_epoch_that_fits(tmp_path, monkeypatch):
+    # a clock that advances 10 s per training epoch: with a 25 s limit, epoch 1 ends at 20 s and a
+    # third epoch would end at 30 s, so epoch 1 is validated (though validation is due only every
+    # 1000 steps) and training stops there, 2 epochs of 6
+    clock = [0.0]
+    monkeypatch.setattr(paper_table.time, "perf_counter", lambda: clock[0])
+    timed = paper_table.timed_trainer
+
+    def slow_epochs(trainer_class):
+        class Slow(trainer_class):
+            def _train_epoch(self, *args, **kwargs):
+                clock[0] += 10.0
+                return super()._train_epoch(*args, **kwargs)
+
+        return timed(Slow)
+
+    monkeypatch.setattr(paper_table, "timed_trainer", slow_epochs)
+    args = tiny_args(tmp_path, ["LRURec"], epochs=6, extra=["--eval_every_steps", "1000"])
+    (row,) = paper_table.main([*args, "--time_limit_s", "25"])
+    assert row["stopped_by"] == "time limit" and row["epochs"] == "2"
+    assert row["best_epoch"] == "2" and row["valid_recall@10"] != ""
+    assert "stopped by time limit" in (tmp_path / "out" / "paper_table_tiny.md").read_text()
+    # an uncapped run of the same length says why it ended
+    (row,) = paper_table.main([*tiny_args(tmp_path / "b", ["LRURec"], epochs=2)])
+    assert row["stopped_by"] == "epoch cap" and row["epochs"] == "2"
+
+
+def test_jobs_train_models_side_by_side_into_one_table(tmp_path):
+    rows = paper_table.main([*tiny_args(tmp_path, ["GRU4Rec", "HSTU"]), "--jobs", "2"])
+    assert sorted(row["model"] for row in rows) == ["GRU4Rec", "HSTU"]
+    for row in rows:
+        assert row["concurrent_jobs"] == "2" and 0 <= float(row["ndcg@10"]) <= 1
+        log = tmp_path / "out" / f"paper_table_tiny_{row['model']}.log"
+        assert f"{row['model']}: NDCG@10" in log.read_text()
+
+
 @pytest.mark.slow
 def test_ml_100k_smoke(tmp_path):
     """The real data path on RecBole's bundled ml-100k: two models, one epoch."""

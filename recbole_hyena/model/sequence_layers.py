@@ -7,7 +7,8 @@ hold it to:
 
 - ``linear_recurrence``: ``h_t = lambda * h_{t-1} + x_t`` with a decay constant in time (LRURec's
   linear recurrent unit), in ``ceil(log2 L)`` parallel steps by recursive doubling.
-- ``selective_scan``: the input-dependent state-space recurrence of Mamba in plain PyTorch, with
+- ``selective_scan``: the input-dependent state-space recurrence of Mamba in plain PyTorch
+  (``varying_linear_recurrence``: step by step, or by recursive doubling on a GPU), with
   the signature of ``mamba_ssm``'s CUDA ``selective_scan_fn`` so the two can be swapped;
   ``mamba_kernel`` returns that kernel when the package and a GPU are there.
 - ``euler_rotate``: EulerFormer's polar-form rotation of query/key pairs.
@@ -52,6 +53,41 @@ def linear_recurrence(inputs: torch.Tensor, log_decay: torch.Tensor) -> torch.Te
     return states
 
 
+def varying_linear_recurrence(
+    decay: torch.Tensor, inputs: torch.Tensor, parallel: bool
+) -> torch.Tensor:
+    r"""All states of ``h_t = a_t * h_{t-1} + x_t`` (``h_{-1} = 0``) along dim 2, with a decay
+    ``a_t`` that varies in time (``decay`` and ``inputs`` of the same shape ``[B, C, L, ...]``).
+
+    ``parallel``: recursive doubling, ``ceil(log2 L)`` steps of element-wise work over the whole
+    tensor, which suits a GPU (a few large kernels instead of ``L`` small ones); otherwise one
+    step per position, which does less arithmetic and suits a CPU. Both keep ``O(B C L)``
+    tensors for the backward pass; neither exponentiates a cumulative sum, so long sequences
+    with strong decay stay finite.
+    """
+    if parallel:
+        states, carry = inputs, decay  # carry: the product of the decays a state spans
+        shift = 1
+        while shift < inputs.shape[2]:
+            head = states[:, :, :shift]
+            tail = states[:, :, shift:] + carry[:, :, shift:] * states[:, :, :-shift]
+            states = torch.cat([head, tail], dim=2)
+            if 2 * shift < inputs.shape[2]:
+                carry = torch.cat(
+                    [carry[:, :, :shift], carry[:, :, shift:] * carry[:, :, :-shift]], dim=2
+                )
+            shift *= 2
+        return states
+    # unbind, not indexing: its backward stacks the step gradients once instead of adding
+    # each into a zero tensor of the full size
+    state = torch.zeros_like(inputs[:, :, 0])
+    states = []
+    for decay_t, inputs_t in zip(decay.unbind(2), inputs.unbind(2)):
+        state = decay_t * state + inputs_t
+        states.append(state)
+    return torch.stack(states, dim=2)
+
+
 def selective_scan(
     u: torch.Tensor,
     delta: torch.Tensor,
@@ -62,8 +98,9 @@ def selective_scan(
     z: torch.Tensor | None = None,
     delta_bias: torch.Tensor | None = None,
     delta_softplus: bool = False,
+    parallel: bool | None = None,
 ) -> torch.Tensor:
-    r"""Mamba's selective scan, step by step in plain PyTorch (any device, any dtype).
+    r"""Mamba's selective scan in plain PyTorch (any device, any dtype).
 
     With ``dt = softplus(delta + delta_bias)`` (softplus if ``delta_softplus``), per channel d
     and state n: ``h_t = exp(dt_t A) h_{t-1} + dt_t B_t u_t``, ``y_t = C_t h_t + D u_t``, and
@@ -74,11 +111,12 @@ def selective_scan(
         A: ``[channels, d_state]`` (negative real part for a decaying state).
         B, C: ``[batch, d_state, L]``, input-dependent.
         D, delta_bias: ``[channels]``.
+        parallel: scan by recursive doubling (default: on CUDA tensors) or step by step (see
+            ``varying_linear_recurrence``).
 
-    Returns ``[batch, channels, L]``, as ``mamba_ssm``'s ``selective_scan_fn`` does. The state is
-    updated one step at a time (``L`` small steps) so that memory stays at one state per step
-    kept for the backward pass rather than the ``[batch, channels, L, d_state]`` tensors a
-    vectorised scan would build.
+    Returns ``[batch, channels, L]``, as ``mamba_ssm``'s ``selective_scan_fn`` does. The
+    ``[batch, channels, L, d_state]`` decays and states are materialised (the step-by-step
+    recurrence keeps as much for its backward pass); the fused CUDA kernel avoids that.
     """
     dtype = u.dtype
     # The recurrence runs in float32 at least, as the CUDA kernel does.
@@ -88,15 +126,10 @@ def selective_scan(
         delta = delta + delta_bias.to(compute_dtype).unsqueeze(-1)
     if delta_softplus:
         delta = F.softplus(delta)
-    state = u.new_zeros(u.shape[0], u.shape[1], A.shape[1])  # [batch, channels, d_state]
-    outputs = []
-    for t in range(u.shape[-1]):
-        step = delta[:, :, t].unsqueeze(-1)  # [batch, channels, 1]
-        state = torch.exp(step * A) * state + step * B[:, :, t].unsqueeze(1) * u[:, :, t].unsqueeze(
-            -1
-        )
-        outputs.append((state * C[:, :, t].unsqueeze(1)).sum(dim=-1))
-    y = torch.stack(outputs, dim=-1)  # [batch, channels, L]
+    decay = torch.exp(delta.unsqueeze(-1) * A.unsqueeze(1))  # [batch, channels, L, d_state]
+    drive = (delta * u).unsqueeze(-1) * B.transpose(1, 2).unsqueeze(1)
+    states = varying_linear_recurrence(decay, drive, u.is_cuda if parallel is None else parallel)
+    y = torch.einsum("bcln,bnl->bcl", states, C)
     if D is not None:
         y = y + u * D.to(compute_dtype).unsqueeze(-1)
     if z is not None:

@@ -12,6 +12,7 @@ from recbole_hyena.model.sequence_layers import (
     mamba_kernel,
     rope_angles,
     selective_scan,
+    varying_linear_recurrence,
 )
 from recbole_hyena.model.sequential_recommender.hstu import bucketize_time_gaps
 from recbole_hyena.model.sequential_recommender.mamba4rec import MambaMixer
@@ -317,7 +318,8 @@ def direct_selective_scan(u, delta, A, B, C, D, z):
     return (outputs + u * D.unsqueeze(-1)) * torch.nn.functional.silu(z)
 
 
-def test_selective_scan_matches_direct_sum():
+@pytest.mark.parametrize("parallel", [False, True])
+def test_selective_scan_matches_direct_sum(parallel):
     torch.manual_seed(0)
     batch, channels, d_state, seq_len = 2, 3, 4, 9
     u, z = (
@@ -332,9 +334,30 @@ def test_selective_scan_matches_direct_sum():
         torch.randn(batch, d_state, seq_len).double(),
     )
     D = torch.randn(channels).double()
-    fast = selective_scan(u, delta_raw, A, B, C, D, z=z, delta_bias=bias, delta_softplus=True)
+    fast = selective_scan(
+        u, delta_raw, A, B, C, D, z=z, delta_bias=bias, delta_softplus=True, parallel=parallel
+    )
     delta = torch.nn.functional.softplus(delta_raw + bias.unsqueeze(-1))
     assert torch.allclose(fast, direct_selective_scan(u, delta, A, B, C, D, z), atol=1e-10)
+
+
+@pytest.mark.parametrize("seq_len", [1, 2, 7, 64, 300])
+def test_parallel_and_stepwise_recurrences_agree_with_their_gradients(seq_len):
+    # strong decay over a long sequence: a cumulative-sum formulation would overflow here
+    torch.manual_seed(1)
+    decay = torch.rand(3, 5, seq_len, 4, dtype=torch.float64) ** 8
+    inputs = torch.randn(3, 5, seq_len, 4, dtype=torch.float64) * 100
+    results = []
+    for parallel in (False, True):
+        a, x = decay.clone().requires_grad_(), inputs.clone().requires_grad_()
+        states = varying_linear_recurrence(a, x, parallel=parallel)
+        grads = torch.autograd.grad(
+            (states * torch.cos(states)).sum(), (a, x), allow_unused=True, materialize_grads=True
+        )
+        results.append((states, *grads))
+    for stepwise, parallel in zip(*results):
+        assert torch.isfinite(parallel).all()
+        assert torch.allclose(stepwise, parallel, rtol=1e-9, atol=1e-9)
 
 
 def test_mamba_block_keeps_mamba_initialisation_after_recbole_pass():
@@ -344,6 +367,11 @@ def test_mamba_block_keeps_mamba_initialisation_after_recbole_pass():
         dt = torch.nn.functional.softplus(mixer.dt_proj.bias)
         assert dt.min() >= 1e-4 and dt.max() <= 0.1 + 1e-6
         assert mixer.scan_backend == "auto" and not mixer.uses_kernel(torch.zeros(1))
+
+
+def test_unknown_torch_scan_is_refused_by_name():
+    with pytest.raises(ValueError, match=r"torch_scan \[fast\]"):
+        tiny_model("Mamba4Rec", torch_scan="fast")
 
 
 # --- GPU ---------------------------------------------------------------------------------------

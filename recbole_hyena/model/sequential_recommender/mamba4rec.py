@@ -14,7 +14,8 @@ Reference code:
 Each layer is a Mamba block (in-projection to a stream and a gate, causal depth-wise
 convolution, input-dependent ``dt``, ``B``, ``C`` and the selective scan, SiLU gate,
 out-projection), then dropout, a residual and LayerNorm, then a position-wise feed-forward
-network. The selective scan is plain PyTorch, so the model runs on any device; when
+network. The selective scan is plain PyTorch (step by step on a CPU, by recursive doubling on
+a GPU: ``torch_scan``), so the model runs on any device; when
 ``mamba_ssm`` is installed and the data is on a GPU, its fused CUDA scan is used instead
 (``scan_backend``), with the same parameters.
 
@@ -31,6 +32,7 @@ Where this departs from the authors' code:
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +43,7 @@ from recbole_hyena.model.abstract_recommender import CausalSequentialRecommender
 from recbole_hyena.model.sequence_layers import mamba_kernel, selective_scan
 
 SCAN_BACKENDS = ("auto", "torch", "mamba_ssm")
+TORCH_SCANS = ("auto", "parallel", "stepwise")
 
 
 class MambaMixer(nn.Module):
@@ -56,16 +59,20 @@ class MambaMixer(nn.Module):
         dt_max: float = 0.1,
         dt_init_floor: float = 1e-4,
         scan_backend: str = "auto",
+        torch_scan: str = "auto",
     ):
         super().__init__()
         if scan_backend not in SCAN_BACKENDS:
             raise ValueError(f"scan_backend [{scan_backend}] must be one of {list(SCAN_BACKENDS)}")
+        if torch_scan not in TORCH_SCANS:
+            raise ValueError(f"torch_scan [{torch_scan}] must be one of {list(TORCH_SCANS)}")
         self.d_model = d_model
         self.d_state = d_state
         self.d_inner = expand * d_model
         self.dt_rank = math.ceil(d_model / 16)
         self.dt_min, self.dt_max, self.dt_init_floor = dt_min, dt_max, dt_init_floor
         self.scan_backend = scan_backend
+        self.torch_scan = torch_scan
         self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=False)  # stream | gate
         self.conv1d = nn.Conv1d(
             self.d_inner, self.d_inner, d_conv, groups=self.d_inner, padding=d_conv - 1
@@ -116,7 +123,11 @@ class MambaMixer(nn.Module):
             [self.dt_rank, self.d_state, self.d_state], dim=-1
         )
         dt = (dt @ self.dt_proj.weight.t()).transpose(1, 2)  # [B, E, L]; bias added in the scan
-        scan = mamba_kernel() if self.uses_kernel(inputs) else selective_scan
+        if self.uses_kernel(inputs):
+            scan = mamba_kernel()
+        else:
+            parallel = None if self.torch_scan == "auto" else self.torch_scan == "parallel"
+            scan = partial(selective_scan, parallel=parallel)
         outputs = scan(
             stream.contiguous(),
             dt.contiguous(),
@@ -149,6 +160,7 @@ class Mamba4Rec(CausalSequentialRecommender):
         self.d_conv = config["d_conv"]
         self.expand = config["expand"]
         self.scan_backend = config["scan_backend"]
+        self.torch_scan = config["torch_scan"]
 
         # define layers and loss
         self.item_embedding = nn.Embedding(self.n_items, self.hidden_size, padding_idx=0)
@@ -162,6 +174,7 @@ class Mamba4Rec(CausalSequentialRecommender):
                 self.d_conv,
                 self.expand,
                 scan_backend=self.scan_backend,
+                torch_scan=self.torch_scan,
             )
             for _ in range(self.n_layers)
         )
