@@ -347,13 +347,21 @@ def render_markdown(rows: list[dict], dataset: str) -> str:
         f"{row.get('max_seq_length', '')}, batch {row.get('train_batch_size', '')}, validation "
         f"every {row.get('eval_step', '')} epoch(s) of {row.get('steps_per_epoch', '')} steps, "
         f"at most {row.get('max_epochs', '')} epochs"
-        f"{', stopped by ' + row['stopped_by'] if row.get('stopped_by') else ''}, seed "
+        f"{', stopped by ' + row['stopped_by'] if row.get('stopped_by') else ''}"
+        f"{_side_by_side(row.get('concurrent_jobs'))}, seed "
         f"{row.get('seed', '')}, resumed "
         f"{row.get('resumed', 0)} time(s), overrides {row.get('overrides', '') or '{}'}"
         for row in rows
     ]
     lines += ["", "Settings:", "", *per_model, ""]
     return "\n".join(lines)
+
+
+def _side_by_side(jobs) -> str:
+    count = _number(jobs)
+    return (
+        f", trained side by side with {int(count) - 1} other run(s)" if count and count > 1 else ""
+    )
 
 
 def render_figure(rows: list[dict], dataset: str, path: Path) -> None:

@@ -14,8 +14,8 @@ Reference code:
 Each layer is a Mamba block (in-projection to a stream and a gate, causal depth-wise
 convolution, input-dependent ``dt``, ``B``, ``C`` and the selective scan, SiLU gate,
 out-projection), then dropout, a residual and LayerNorm, then a position-wise feed-forward
-network. The selective scan is plain PyTorch (step by step on a CPU, by recursive doubling on
-a GPU: ``torch_scan``), so the model runs on any device; when
+network. The selective scan is plain PyTorch (step by step, or by recursive doubling:
+``torch_scan``), so the model runs on any device; when
 ``mamba_ssm`` is installed and the data is on a GPU, its fused CUDA scan is used instead
 (``scan_backend``), with the same parameters.
 
@@ -43,7 +43,7 @@ from recbole_hyena.model.abstract_recommender import CausalSequentialRecommender
 from recbole_hyena.model.sequence_layers import mamba_kernel, selective_scan
 
 SCAN_BACKENDS = ("auto", "torch", "mamba_ssm")
-TORCH_SCANS = ("auto", "parallel", "stepwise")
+TORCH_SCANS = ("stepwise", "parallel")
 
 
 class MambaMixer(nn.Module):
@@ -59,7 +59,7 @@ class MambaMixer(nn.Module):
         dt_max: float = 0.1,
         dt_init_floor: float = 1e-4,
         scan_backend: str = "auto",
-        torch_scan: str = "auto",
+        torch_scan: str = "stepwise",
     ):
         super().__init__()
         if scan_backend not in SCAN_BACKENDS:
@@ -126,8 +126,7 @@ class MambaMixer(nn.Module):
         if self.uses_kernel(inputs):
             scan = mamba_kernel()
         else:
-            parallel = None if self.torch_scan == "auto" else self.torch_scan == "parallel"
-            scan = partial(selective_scan, parallel=parallel)
+            scan = partial(selective_scan, parallel=self.torch_scan == "parallel")
         outputs = scan(
             stream.contiguous(),
             dt.contiguous(),
