@@ -5,9 +5,8 @@ For every model in ``--models`` (in order) on ``--dataset``:
 
 - protocol: leave-one-out in time order, full ranking, NDCG/Recall @10/@20, early stopping on
   validation Recall@10 with patience 10 (``properties/overall.yaml``); ``history_mask: True``;
-  ``train_mode: autoregressive`` (CE at every position; BERT4Rec: its cloze loss on the same
-  windows) for the models that support it (``trains_on_windows``), ``prefix`` for the others
-  (RecBole's NARM, ...); validation
+  ``train_mode: autoregressive`` (CE at every position) for the models that support it
+  (``AllPositionMixin``), ``prefix`` for the others (RecBole's NARM, BERT4Rec, ...); validation
   every ``--eval_every_steps`` optimiser steps, rounded to whole epochs (the paper validates
   every 500 steps on ML-1M, after LRURec);
 - measured: test NDCG@10/@20 and Recall@10/@20, the same for the users in the top 10% by
@@ -60,7 +59,7 @@ from recbole.utils import init_seed
 
 from recbole_hyena.config import Config
 from recbole_hyena.data import create_dataset, data_preparation
-from recbole_hyena.model.abstract_recommender import trains_on_windows
+from recbole_hyena.model.abstract_recommender import AllPositionMixin
 from recbole_hyena.quick_start import restart_logger
 from recbole_hyena.utils import get_model, get_trainer
 
@@ -439,7 +438,7 @@ def timed_trainer(trainer_class: type) -> type:
 def protocol_config(model: str) -> dict:
     """The paper's protocol on top of the property files (overall.yaml sets the split, metrics,
     early stopping on Recall@10 with patience 10, AdamW at 1e-3)."""
-    all_position = trains_on_windows(get_model(model))
+    all_position = issubclass(get_model(model), AllPositionMixin)
     return {
         "train_mode": "autoregressive" if all_position else "prefix",
         "history_mask": True,

@@ -21,7 +21,7 @@ from recbole.utils import ModelType, set_color
 
 from recbole_hyena.data.dataloader import HistoryMaskedFullSortEvalDataLoader
 from recbole_hyena.data.dataset import TRAIN_MODES, LongHistoryDataset
-from recbole_hyena.model.abstract_recommender import trains_on_windows
+from recbole_hyena.model.abstract_recommender import AllPositionMixin
 
 # A download attempt on a machine without internet must fail, not hang.
 _DOWNLOAD_TIMEOUT_S = 60
@@ -69,10 +69,10 @@ def check_data_config(config) -> None:
     if train_mode == "autoregressive":
         from recbole_hyena.utils import get_model
 
-        if not trains_on_windows(get_model(config["model"])):
+        if not issubclass(get_model(config["model"]), AllPositionMixin):
             raise ValueError(
-                f"model [{config['model']}] cannot train on windows (it is not causal, has no "
-                "per-position output and no window loss); set train_mode: prefix"
+                f"model [{config['model']}] cannot train at every position (it is not causal or "
+                "has no per-position output); set train_mode: prefix"
             )
         if not long_history:
             raise ValueError(

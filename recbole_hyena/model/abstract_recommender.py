@@ -8,9 +8,6 @@ What the plugin's causal models share.
   representation at every position (``forward_sequence``): when a batch carries a per-position
   target list (the ``train_mode: autoregressive`` data path), the loss is cross-entropy at every
   target; otherwise the model's own (prefix) loss runs unchanged.
-- ``WindowLossMixin`` marks a model whose own loss trains on those windows as they are (no
-  per-position targets), e.g. BERT4Rec's cloze loss.
-- ``trains_on_windows`` says whether a model class accepts ``train_mode: autoregressive``.
 - ``CausalSequentialRecommender`` is the base of the plugin's own models: subclasses implement
   ``forward_sequence`` and get RecBole's ``forward`` (last valid position), weight-tied scores
   with an optional learnable item bias, the prefix losses (CE or BPR), ``predict`` and
@@ -65,19 +62,6 @@ class AllPositionMixin:
         has_target = targets > 0
         logits = self.item_scores(output[has_target])  # [n_targets, n_items]
         return nn.functional.cross_entropy(logits, targets[has_target])
-
-
-class WindowLossMixin:
-    """For a model whose own ``calculate_loss`` learns from a whole input window, such as
-    BERT4Rec's masked-item (cloze) loss: with ``train_mode: autoregressive`` it trains on each
-    user's windows (every training item in one window's input per epoch, but the user's
-    last training item, which is a target only) instead of on one prefix per target, and
-    ignores the per-position targets the batch carries."""
-
-
-def trains_on_windows(model_class: type) -> bool:
-    """Whether ``model_class`` can train with ``train_mode: autoregressive``."""
-    return issubclass(model_class, (AllPositionMixin, WindowLossMixin))
 
 
 class WeightTiedSequentialRecommender(SequentialRecommender):

@@ -13,11 +13,10 @@ from recbole_hyena.model.sequential_recommender.hyenarec import (
 from recbole_hyena.model.sequential_recommender.hytrec import HyTRec
 from recbole_hyena.model.sequential_recommender.lrurec import LRURec
 from recbole_hyena.model.sequential_recommender.mamba4rec import Mamba4Rec
-from recbole_hyena.model.sequential_recommender.zoo_adapters import BERT4Rec, GRU4Rec, SASRec
+from recbole_hyena.model.sequential_recommender.zoo_adapters import GRU4Rec, SASRec
 
 __all__ = [
     "AtrousHyena",
-    "BERT4Rec",
     "EulerFormer",
     "FlashSASRec",
     "GRU4Rec",

@@ -5,26 +5,20 @@ Zoo adapters
 RecBole's causal baselines with all-position training. Each class is RecBole's own model (same
 layers, config keys, state dict and prefix-mode behaviour); the adapter only reads the output at
 every position instead of the last one, so that ``train_mode: autoregressive`` trains them on the
-same protocol as HyenaRec. BERT4Rec is bidirectional, so it has no per-position next-item
-output; its adapter keeps RecBole's cloze loss and lets it train on the same windows, one sample
-per window of a user's history with random masks, as in the BERT4Rec paper, rather than on
-RecBole's one prefix per training item (about L times the steps per epoch).
+same protocol as HyenaRec.
 
 Reference:
     Wang-Cheng Kang et al. "Self-Attentive Sequential Recommendation." in ICDM 2018.
     Balázs Hidasi et al. "Session-based Recommendations with Recurrent Neural Networks." in ICLR 2016.
-    Fei Sun et al. "BERT4Rec: Sequential Recommendation with Bidirectional Encoder
-    Representations from Transformer." in CIKM 2019.
 """
 
 from __future__ import annotations
 
 import torch
-from recbole.model.sequential_recommender.bert4rec import BERT4Rec as RecBoleBERT4Rec
 from recbole.model.sequential_recommender.gru4rec import GRU4Rec as RecBoleGRU4Rec
 from recbole.model.sequential_recommender.sasrec import SASRec as RecBoleSASRec
 
-from recbole_hyena.model.abstract_recommender import AllPositionMixin, WindowLossMixin
+from recbole_hyena.model.abstract_recommender import AllPositionMixin
 
 
 class PerPositionAdapter(AllPositionMixin):
@@ -53,7 +47,3 @@ class SASRec(PerPositionAdapter, RecBoleSASRec):
 
 class GRU4Rec(PerPositionAdapter, RecBoleGRU4Rec):
     """RecBole's GRU4Rec, trainable at every position."""
-
-
-class BERT4Rec(WindowLossMixin, RecBoleBERT4Rec):
-    """RecBole's BERT4Rec, trainable on whole windows with its own cloze loss."""
