@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Table 3 (benchmarks/paper_table.py) on a lent GPU machine: the given models trained side by side,
-# one process each, every one stopping at the last validation that fits its time limit, so that
-# the rows come back inside one device call. The machine has PyTorch but neither RecBole nor
+# one process each, every one stopping (and validating) at the last epoch that fits its time
+# limit, so that the rows come back inside one device call. The machine has PyTorch but neither RecBole nor
 # internet access: carry the wheels that benchmarks/gpu_env.sh lists, and the data set.
 #
 #   bash benchmarks/gpu_paper_table.sh DATA_PATH TIME_LIMIT_S MODEL... [-- --key=value ...]

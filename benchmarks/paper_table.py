@@ -724,16 +724,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for model in args.models
         if not any(row["model"] == model and row["dataset"] == args.dataset for row in rows)
     ]
+    for model in args.models:
+        if model not in pending:
+            print(f"{model}: row already in {csv_path}, skipped")
     if args.jobs > 1 and len(pending) > 1:
         run_side_by_side(pending, args, extra, out)
-        rows = read_rows(csv_path)
-        if rows:
-            print(render_markdown(rows, args.dataset))
-        return rows
-    for model in args.models:
-        if any(row["model"] == model and row["dataset"] == args.dataset for row in rows):
-            print(f"{model}: row already in {csv_path}, skipped")
-            continue
+        pending = []  # trained by the child processes, whose rows are in the table now
+    for model in pending:
         started = time.perf_counter()
         row = train_and_test(
             model,
@@ -762,6 +759,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             f"(paper {_fmt(row['paper_ndcg@10'])} / {_fmt(row['paper_recall@10'])}), "
             f"{row['epochs']} epochs, {math.ceil(time.perf_counter() - started)} s"
         )
+    rows = read_rows(csv_path)  # with the rows of any other run sharing --out
     if rows:
         print(render_markdown(rows, args.dataset))
     return rows

@@ -355,9 +355,9 @@ def test_parallel_and_stepwise_recurrences_agree_with_their_gradients(seq_len):
             (states * torch.cos(states)).sum(), (a, x), allow_unused=True, materialize_grads=True
         )
         results.append((states, *grads))
-    for stepwise, parallel in zip(*results):
-        assert torch.isfinite(parallel).all()
-        assert torch.allclose(stepwise, parallel, rtol=1e-9, atol=1e-9)
+    for stepwise, doubled in zip(*results):
+        assert torch.isfinite(doubled).all()
+        assert torch.allclose(stepwise, doubled, rtol=1e-9, atol=1e-9)
 
 
 def test_mamba_block_keeps_mamba_initialisation_after_recbole_pass():
