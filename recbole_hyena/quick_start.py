@@ -8,6 +8,7 @@ path and trainers. Signatures and return values are RecBole's, multi-process pat
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import MutableMapping
 from logging import getLogger
@@ -72,6 +73,9 @@ def run_recbole_hyena(
     config = Config(
         model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict
     )
+    # DDP ranks start together and RecBole's ensure_dir (exists, then makedirs) races between them
+    for directory in (os.path.join("./log", config["model"]), config["checkpoint_dir"]):
+        os.makedirs(directory, exist_ok=True)
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     logger = getLogger()
