@@ -1,7 +1,7 @@
 """The plugin layer: YAML lookup, model lookup, config priority."""
 
 import pytest
-from recbole.model.sequential_recommender.narm import NARM
+from recbole.model.sequential_recommender.stamp import STAMP
 
 from recbole_hyena.config import Config
 from recbole_hyena.model import HyenaRec
@@ -27,7 +27,7 @@ def test_user_values_override_the_property_files():
 
 def test_get_model_prefers_the_plugin_then_recbole():
     assert get_model("HyenaRec") is HyenaRec
-    assert get_model("NARM") is NARM
+    assert get_model("STAMP") is STAMP
     with pytest.raises(ValueError, match="NoSuchModel"):
         get_model("NoSuchModel")
 

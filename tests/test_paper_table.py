@@ -135,12 +135,12 @@ def test_two_models_train_and_write_table_with_every_reported_metric(tmp_path, m
         return Reporting
 
     monkeypatch.setattr(paper_table, "timed_trainer", with_extra_metric)
-    rows = paper_table.main(tiny_args(tmp_path, ["LRURec", "NARM"]))
-    assert [row["model"] for row in rows] == ["LRURec", "NARM"]
+    rows = paper_table.main(tiny_args(tmp_path, ["LRURec", "STAMP"]))
+    assert [row["model"] for row in rows] == ["LRURec", "STAMP"]
     written = read_csv(tmp_path / "out" / "paper_table_tiny.csv")
     assert [(row["model"], row["train_mode"], row["history_mask"]) for row in written] == [
         ("LRURec", "autoregressive", "True"),
-        ("NARM", "prefix", "True"),
+        ("STAMP", "prefix", "True"),
     ]
     for row in written:
         for metric in paper_table.METRICS:
@@ -152,12 +152,12 @@ def test_two_models_train_and_write_table_with_every_reported_metric(tmp_path, m
             assert row[f"long_{metric}"] == "" or 0 <= float(row[f"long_{metric}"]) <= 1
         assert row["paper_ndcg@10"] == ""  # no published row for this data set
     markdown = (tmp_path / "out" / "paper_table_tiny.md").read_text()
-    assert "| LRURec | " in markdown and "| NARM | " in markdown
+    assert "| LRURec | " in markdown and "| STAMP | " in markdown
     assert (tmp_path / "out" / "paper_table_tiny.png").stat().st_size > 0
 
     # a second run skips both models
     monkeypatch.setattr(paper_table, "train_and_test", lambda *args: pytest.fail("retrained"))
-    assert len(paper_table.main(tiny_args(tmp_path, ["LRURec", "NARM"]))) == 2
+    assert len(paper_table.main(tiny_args(tmp_path, ["LRURec", "STAMP"]))) == 2
 
 
 def test_a_run_cut_off_continues_from_its_last_checkpoint(tmp_path, monkeypatch):

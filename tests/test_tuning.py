@@ -136,17 +136,17 @@ def test_heatmap_marks_failed_and_missing_cells(tmp_path):
 
 
 def test_zoo_model_trial(tmp_path):
-    """A RecBole model the plugin does not define (NARM), through the plugin's objective."""
+    """A RecBole model the plugin does not define (STAMP), through the plugin's objective."""
     config_dict = write_tiny_dataset(tmp_path / "data")
     params_file = write_grid(
-        tmp_path / "grid.hyper", ["dropout_probs choice [[0.25,0.5],[0.0,0.0]]"]
+        tmp_path / "grid.hyper", ["embedding_size choice [16,32]"]
     )
     summary = hyperopt_tune(
-        "NARM",
+        "STAMP",
         TINY_DATASET,
         params_file=params_file,
         config_dict=config_dict,
-        output_file=tmp_path / "narm.result",
+        output_file=tmp_path / "stamp.result",
     )
     assert summary["n_failed"] == 0 and summary["n_trials"] == 2
     assert summary["best_valid_result"]["recall@10"] > 0

@@ -125,8 +125,8 @@ def test_bad_values_of_the_new_keys_are_named(overrides, message):
 
 
 def test_autoregressive_mode_refuses_a_non_causal_model():
-    with pytest.raises(ValueError, match=r"model \[NARM\]"):
-        prepare(model="NARM", train_mode="autoregressive")
+    with pytest.raises(ValueError, match=r"model \[STAMP\]"):
+        prepare(model="STAMP", train_mode="autoregressive")
 
 
 def test_synthetic_histories_plant_bursts_of_successors():

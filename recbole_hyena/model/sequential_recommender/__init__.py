@@ -13,7 +13,7 @@ from recbole_hyena.model.sequential_recommender.hyenarec import (
 from recbole_hyena.model.sequential_recommender.hytrec import HyTRec
 from recbole_hyena.model.sequential_recommender.lrurec import LRURec
 from recbole_hyena.model.sequential_recommender.mamba4rec import Mamba4Rec
-from recbole_hyena.model.sequential_recommender.zoo_adapters import GRU4Rec, SASRec
+from recbole_hyena.model.sequential_recommender.zoo_adapters import NARM, GRU4Rec, SASRec
 
 __all__ = [
     "AtrousHyena",
@@ -30,5 +30,6 @@ __all__ = [
     "HyTRec",
     "LRURec",
     "Mamba4Rec",
+    "NARM",
     "SASRec",
 ]
