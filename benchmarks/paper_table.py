@@ -201,6 +201,7 @@ LEADING_COLUMNS = (
         "max_epochs",
         "stopped_by",
         "concurrent_jobs",
+        "threads",
         "seed",
         "device",
         "torch",
@@ -348,7 +349,8 @@ def render_markdown(rows: list[dict], dataset: str) -> str:
         f"every {row.get('eval_step', '')} epoch(s) of {row.get('steps_per_epoch', '')} steps, "
         f"at most {row.get('max_epochs', '')} epochs"
         f"{', stopped by ' + row['stopped_by'] if row.get('stopped_by') else ''}"
-        f"{_side_by_side(row.get('concurrent_jobs'))}, seed "
+        f"{_side_by_side(row.get('concurrent_jobs'))}"
+        f"{', ' + str(row['threads']) + ' thread(s)' if row.get('threads') else ''}, seed "
         f"{row.get('seed', '')}, resumed "
         f"{row.get('resumed', 0)} time(s), overrides {row.get('overrides', '') or '{}'}"
         for row in rows
@@ -578,6 +580,7 @@ def train_and_test(
         "max_epochs": config["epochs"],
         "stopped_by": progress.get("stopped_by"),
         "concurrent_jobs": concurrent_jobs,
+        "threads": torch.get_num_threads(),  # intra-op threads of this run's training
         "seed": config["seed"],
         **environment(config),
         "overrides": json.dumps(overrides, sort_keys=True, default=str) if overrides else "",

@@ -146,6 +146,7 @@ def test_two_models_train_and_write_table_with_every_reported_metric(tmp_path, m
         for metric in paper_table.METRICS:
             assert 0 <= float(row[metric]) <= 1
         assert row["epochs"] == "1" and float(row["train_time_s"]) > 0
+        assert int(row["threads"]) >= 1
         assert float(row["probe@10"]) == 0.123
         # the long-history users' metrics, when the evaluation reports them; blank otherwise
         for metric in paper_table.METRICS:

@@ -138,9 +138,7 @@ def test_heatmap_marks_failed_and_missing_cells(tmp_path):
 def test_zoo_model_trial(tmp_path):
     """A RecBole model the plugin does not define (STAMP), through the plugin's objective."""
     config_dict = write_tiny_dataset(tmp_path / "data")
-    params_file = write_grid(
-        tmp_path / "grid.hyper", ["embedding_size choice [16,32]"]
-    )
+    params_file = write_grid(tmp_path / "grid.hyper", ["embedding_size choice [16,32]"])
     summary = hyperopt_tune(
         "STAMP",
         TINY_DATASET,
