@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
 import os
 import platform
@@ -122,47 +123,47 @@ def run_train(args) -> None:
     if "autoregressive" in args.modes:
         runs += [("autoregressive", stride) for stride in args.strides]
     rows = []
-    for model_name in args.models:
-        for mode, stride in runs:
-            config = Config(
-                model=model_name,
-                dataset="ml-100k",
-                config_dict={
-                    "train_mode": mode,
-                    "train_window_stride": stride,
-                    "epochs": args.prefix_epochs if mode == "prefix" else args.epochs,
-                    "show_progress": False,
-                    "use_gpu": False,
-                    "checkpoint_dir": tempfile.mkdtemp(prefix="ckpt-"),
-                    "history_mask": False,
-                    "seed": 2020,
-                },
-            )
-            train, valid, test = data_preparation(config, create_dataset(config))
-            model = get_model(model_name)(config, train._dataset)
-            trainer = get_trainer(config["MODEL_TYPE"], model_name)(config, model)
-            epoch_seconds = time_epochs(trainer)
-            start = time.perf_counter()
-            trainer.fit(train, valid, saved=True, show_progress=False)
-            total = time.perf_counter() - start
-            result = trainer.evaluate(test, load_best_model=True)
-            rows.append(
-                {
-                    "model": model_name,
-                    "train_mode": mode,
-                    # prefix samples are windows of stride 1 with the loss at the last position
-                    "window_stride": 1
-                    if mode == "prefix"
-                    else stride or config["MAX_ITEM_LIST_LENGTH"],
-                    "epochs": len(epoch_seconds),
-                    "epoch_cap": config["epochs"],
-                    "seconds_per_epoch": sum(epoch_seconds) / len(epoch_seconds),
-                    "train_seconds": total,
-                    "test_ndcg@10": result["ndcg@10"],
-                    "test_recall@10": result["recall@10"],
-                }
-            )
-            print(rows[-1], flush=True)
+    for model_name, (mode, stride), seed in itertools.product(args.models, runs, args.seeds):
+        config = Config(
+            model=model_name,
+            dataset="ml-100k",
+            config_dict={
+                "train_mode": mode,
+                "train_window_stride": stride,
+                "epochs": args.prefix_epochs if mode == "prefix" else args.epochs,
+                "show_progress": False,
+                "use_gpu": False,
+                "checkpoint_dir": tempfile.mkdtemp(prefix="ckpt-"),
+                "history_mask": False,
+                "seed": seed,
+            },
+        )
+        train, valid, test = data_preparation(config, create_dataset(config))
+        model = get_model(model_name)(config, train._dataset)
+        trainer = get_trainer(config["MODEL_TYPE"], model_name)(config, model)
+        epoch_seconds = time_epochs(trainer)
+        start = time.perf_counter()
+        trainer.fit(train, valid, saved=True, show_progress=False)
+        total = time.perf_counter() - start
+        result = trainer.evaluate(test, load_best_model=True)
+        rows.append(
+            {
+                "model": model_name,
+                "seed": seed,
+                "train_mode": mode,
+                # prefix samples are windows of stride 1 with the loss at the last position
+                "window_stride": 1
+                if mode == "prefix"
+                else stride or config["MAX_ITEM_LIST_LENGTH"],
+                "epochs": len(epoch_seconds),
+                "epoch_cap": config["epochs"],
+                "seconds_per_epoch": sum(epoch_seconds) / len(epoch_seconds),
+                "train_seconds": total,
+                "test_ndcg@10": result["ndcg@10"],
+                "test_recall@10": result["recall@10"],
+            }
+        )
+        print(rows[-1], flush=True)
     write_outputs(args.out, "data_path_train", rows, "train_seconds", "training time (s)", 3)
 
 
@@ -292,6 +293,9 @@ def main() -> None:
         type=int,
         default=[0],
         help="train: train_window_stride values of the autoregressive runs (0: L)",
+    )
+    parser.add_argument(
+        "--seeds", nargs="+", type=int, default=[2020], help="train: one run per seed"
     )
     # build-child only
     parser.add_argument("--path", choices=["stock", "plugin"])
