@@ -13,6 +13,12 @@ N_ITEMS = 30
 SEQ_LEN = 10
 
 
+def score_blocks_of(model: NARM, batch: int, queries: int) -> int:
+    """The ``score_block_elements`` that makes ``model`` build ``queries`` query positions per
+    block for a ``[batch, SEQ_LEN]`` input."""
+    return queries * batch * SEQ_LEN * model.hidden_size
+
+
 def recbole_narm() -> RecBoleNARM:
     """RecBole's own NARM class with the same config and seed as ``build_model('NARM')``."""
     config = Config(
@@ -33,10 +39,12 @@ def test_plugin_narm_is_recboles_narm_with_its_parameters():
         assert torch.equal(adapter.state_dict()[name], tensor), name
 
 
-@pytest.mark.parametrize("block_elements", [2**25, 1])  # one block; one query per block
-def test_every_position_matches_recbole_narm_on_its_prefix(block_elements, monkeypatch):
+@pytest.mark.parametrize("queries_per_block", [SEQ_LEN, 3, 1])  # 3: a shorter last block
+def test_every_position_matches_recbole_narm_on_its_prefix(queries_per_block, monkeypatch):
     adapter = build_model("NARM", n_items=N_ITEMS, MAX_ITEM_LIST_LENGTH=SEQ_LEN).double()
-    monkeypatch.setattr(adapter, "score_block_elements", block_elements)
+    monkeypatch.setattr(
+        adapter, "score_block_elements", score_blocks_of(adapter, 4, queries_per_block)
+    )
     reference = recbole_narm().double()
     item_seq, item_seq_len = random_sequences(4, SEQ_LEN, N_ITEMS, torch.tensor([10, 6, 1, 3]))
     with torch.no_grad():
@@ -53,10 +61,10 @@ def test_every_position_matches_recbole_narm_on_its_prefix(block_elements, monke
         )
 
 
-@pytest.mark.parametrize("block_elements", [2**25, 7])
-def test_output_at_t_has_zero_gradient_from_later_items(block_elements, monkeypatch):
+@pytest.mark.parametrize("queries_per_block", [SEQ_LEN, 3, 1])
+def test_output_at_t_has_zero_gradient_from_later_items(queries_per_block, monkeypatch):
     model = build_model("NARM", n_items=N_ITEMS, MAX_ITEM_LIST_LENGTH=SEQ_LEN).double().train()
-    monkeypatch.setattr(model, "score_block_elements", block_elements)
+    monkeypatch.setattr(model, "score_block_elements", score_blocks_of(model, 3, queries_per_block))
     model.emb_dropout.p = model.ct_dropout.p = 0.0
     item_seq, item_seq_len = random_sequences(3, SEQ_LEN, N_ITEMS, torch.full((3,), SEQ_LEN))
     embeddings = model.item_embedding(item_seq).detach().requires_grad_(True)
@@ -74,9 +82,11 @@ def test_recomputed_blocks_give_the_same_gradients(monkeypatch):
     item_seq, item_seq_len = random_sequences(4, SEQ_LEN, N_ITEMS, torch.tensor([10, 6, 1, 3]))
     targets = torch.randint(1, N_ITEMS, item_seq.shape) * item_seq.gt(0)
     grads = []
-    for block_elements in (2**25, 5 * SEQ_LEN * 64):  # whole; blocks of one query
+    for queries_per_block in (SEQ_LEN, 1):  # one block, stored; one query per block, recomputed
         model = build_model("NARM", n_items=N_ITEMS, MAX_ITEM_LIST_LENGTH=SEQ_LEN).double()
-        monkeypatch.setattr(model, "score_block_elements", block_elements)
+        monkeypatch.setattr(
+            model, "score_block_elements", score_blocks_of(model, 4, queries_per_block)
+        )
         model.emb_dropout.p = model.ct_dropout.p = 0.0
         loss = model.calculate_loss(
             {
