@@ -305,6 +305,11 @@ def run_child(spec: dict) -> None:
     except Exception as error:
         result["note"] = f"flop count failed: {type(error).__name__}"
 
+    if spec.get("compile"):
+        # The same treatment for every model: its loss and its full ranking, whole-graph where
+        # it can be (graph breaks fall back to eager pieces, which the times then include).
+        model.calculate_loss = torch.compile(model.calculate_loss)
+        model.full_sort_predict = torch.compile(model.full_sort_predict)
     batch = make_batch(batch_size)
     tokens = batch_size * seq_len
     report(matmul_gflops=round(_matmul_gflops(device, sync), 1))
@@ -700,6 +705,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--report-only", action="store_true", help="rewrite the .md and .png from the CSV"
     )
     parser.add_argument("--keep-going", action="store_true", help="run larger L after a failure")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile every model's loss and full-ranking functions (the warm-up steps "
+        "absorb the compilation; use --warmup 2 or more)",
+    )
     parser.add_argument("--seed", type=int, default=2020)
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results")
     parser.add_argument("--tag", help="file name suffix (default: the device)")
@@ -721,6 +732,9 @@ def build_header(args: argparse.Namespace, device: str, overrides: dict) -> dict
         "torch_threads": args.threads or "default",
         "settings": settings,
         "overrides": overrides or "none (each model's property-file defaults)",
+        "torch_compile": "calculate_loss and full_sort_predict of every model"
+        if args.compile
+        else "off (eager)",
         "timeout_s": args.timeout,
         "cpu_memory_cap_gb": args.max_memory_gb if not on_gpu else "n/a",
         "memory": "torch.cuda.max_memory_allocated per phase"
@@ -819,6 +833,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         "threads": args.threads,
                         "max_memory_gb": args.max_memory_gb,
                         "overrides": overrides,
+                        "compile": args.compile,
                         "seed": args.seed,
                         "profile_to": str(args.out)
                         if f"{model}:{seq_len}:{dtype}" in profiles

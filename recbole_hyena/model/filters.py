@@ -130,6 +130,10 @@ class BasisKernelGenerator(KernelGenerator):
     def reset_parameters(self) -> None:
         nn.init.normal_(self.coefficients, std=1.0 / math.sqrt(self.n_basis))
 
+    # Built eagerly even inside torch.compile: traced, the recurrences of high-order bases
+    # (P_n from P_{n-1} and P_{n-2}) fuse into one expression that grows without bound, and
+    # inductor's code generation never ends. A cached constant is all the graph needs.
+    @torch.compiler.disable
     def basis(self, seq_len: int) -> torch.Tensor:
         key = (seq_len, self.coefficients.device, self.coefficients.dtype)
         cached = self._basis_cache.get(key)
@@ -260,6 +264,7 @@ class ImplicitKernelGenerator(KernelGenerator):
         for module in self.mlp:
             module.reset_parameters()
 
+    @torch.compiler.disable  # eager and cached, like the bases' (see BasisKernelGenerator.basis)
     def features(self, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Positional features ``[L, emb_dim]`` and the time grid ``t [L]`` (cached)."""
         weight = self.mlp[0].weight

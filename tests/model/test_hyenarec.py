@@ -147,3 +147,46 @@ def test_auto_block_chunks_keep_cpu_tensors_small_and_change_nothing():
     whole = build_model(MAX_ITEM_LIST_LENGTH=30).forward_sequence(items, lengths)
     auto = build_model(MAX_ITEM_LIST_LENGTH=30, block_chunk_size="auto")
     assert torch.allclose(auto.forward_sequence(items, lengths), whole, atol=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_matches_cpu_in_outputs_and_gradients_and_under_bf16_autocast():
+    """The CUDA path has its own FFT sizes and a padded short-path product."""
+    model = build_model(MAX_ITEM_LIST_LENGTH=300, n_items=200)
+    items, lengths = random_sequences(4, 300, 200)
+    targets = torch.randint(1, 200, (4,))
+    batch = interaction(items, lengths, item_id=targets)
+    cpu_loss = model.calculate_loss(batch)
+    cpu_loss.backward()
+    cpu_grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad()
+    gpu_batch = {key: value.cuda() for key, value in batch.items()}
+    model.cuda()
+    gpu_loss = model.calculate_loss(gpu_batch)
+    gpu_loss.backward()
+    assert torch.allclose(cpu_loss, gpu_loss.cpu(), atol=1e-5)
+    for name, p in model.named_parameters():
+        assert torch.allclose(p.grad.cpu(), cpu_grads[name], atol=1e-5, rtol=1e-3), name
+    with torch.no_grad():
+        full = model.forward_sequence(gpu_batch["item_id_list"], gpu_batch["item_length"])
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            half = model.forward_sequence(gpu_batch["item_id_list"], gpu_batch["item_length"])
+    assert torch.isfinite(half).all()
+    assert (half.float() - full).norm() / full.norm() < 0.05
+
+
+@pytest.mark.slow
+def test_torch_compile_gives_the_same_outputs_and_gradients():
+    eager, compiled = build_model(), build_model(torch_compile=True)
+    items, lengths = random_sequences(4, 20, 50)
+    outputs = [model.forward_sequence(items, lengths) for model in (eager, compiled)]
+    assert torch.allclose(outputs[0], outputs[1], atol=1e-5)
+    weights = torch.randn_like(outputs[0])  # not the square: LayerNorm'd rows have a fixed norm
+    for output in outputs:
+        (output * weights).sum().backward()
+    for (name, p), q in zip(eager.named_parameters(), compiled.parameters()):
+        if p.grad is None:  # not on the path of forward_sequence (the item bias)
+            assert q.grad is None, name
+        else:
+            assert torch.allclose(p.grad, q.grad, atol=1e-4, rtol=1e-3), name
+    assert eager.state_dict().keys() == compiled.state_dict().keys()
