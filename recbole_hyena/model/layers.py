@@ -71,6 +71,9 @@ class _FFTCausalConv(torch.autograd.Function):
     The input itself (in its own dtype, bf16 under autocast) is kept for the backward, not its
     spectrum: the complex spectrum of the zero-padded input is 4x (8x in bf16) the bytes, and
     one more FFT in the backward costs less than holding it.
+
+    The ``1/n`` of the inverse FFTs over ``[B, C, n]`` is folded into the small kernel spectrum
+    (``norm="forward"``), which spares cuFFT's separate scaling pass over the large output.
     """
 
     @staticmethod
@@ -79,11 +82,11 @@ class _FFTCausalConv(torch.autograd.Function):
         # Zero-padding both signals to >= 2L - 1 turns the FFT's circular convolution into a
         # linear one (and, in the backward, the circular correlations into linear ones).
         fft_len = fft_length(2 * seq_len - 1, inputs.device.type)
-        kernels_f = torch.fft.rfft(kernels, n=fft_len)
+        kernels_f = torch.fft.rfft(kernels, n=fft_len, norm="forward")  # K / n
         products = torch.fft.rfft(inputs.to(kernels.dtype), n=fft_len).mul_(kernels_f)
         ctx.fft_len = fft_len
         ctx.save_for_backward(inputs, kernels_f)
-        return torch.fft.irfft(products, n=fft_len)[..., :seq_len]
+        return torch.fft.irfft(products, n=fft_len, norm="forward")[..., :seq_len]
 
     @staticmethod
     def backward(ctx, grad_outputs):
@@ -101,7 +104,8 @@ class _FFTCausalConv(torch.autograd.Function):
             grad_kernels = torch.fft.irfft(cross.flatten(0, -3).sum(0), n=fft_len)[..., :seq_len]
         if ctx.needs_input_grad[0]:
             grad_f = grad_f.mul_(kernels_f.conj())  # grad_f is not needed after this
-            grad_inputs = torch.fft.irfft(grad_f, n=fft_len)[..., :seq_len].to(inputs.dtype)
+            grad_inputs = torch.fft.irfft(grad_f, n=fft_len, norm="forward")[..., :seq_len]
+            grad_inputs = grad_inputs.to(inputs.dtype)
         return grad_inputs, grad_kernels
 
 
