@@ -36,3 +36,11 @@ def test_zoo_model_gets_recbole_defaults_and_the_paper_protocol():
     config = Config(model="SASRec", dataset="ml-100k", config_dict={"use_gpu": False})
     assert config["n_heads"] == 2  # RecBole's SASRec.yaml
     assert config["metrics"] == ["NDCG", "Recall"]
+
+
+@pytest.mark.parametrize("model", ["HSTU", "HyTRec"])
+def test_models_that_read_time_gaps_keep_raw_timestamps_on_ml_100k(model):
+    """RecBole's ml-100k.yaml min-max scales every float field, timestamps included, which would
+    squeeze a whole history's gaps below one second."""
+    config = Config(model=model, dataset="ml-100k", config_dict={"use_gpu": False})
+    assert config["normalize_all"] is False
