@@ -25,6 +25,10 @@ RecBole's own classes; any other name is looked up with ``recbole_hyena.utils.ge
 Outputs, under ``--out``: ``speed_<tag>.csv`` (settings as ``#`` lines on top), ``speed_<tag>.md``
 and ``speed_<tag>.png`` (log-log time and memory against L).
 
+``--compile`` wraps every model's ``calculate_loss`` and ``full_sort_predict`` in
+``torch.compile`` (the same for all models, so compiled rows compare like with like); the warm-up
+steps absorb the compilation.
+
 Example (CPU, the issue's settings)::
 
     python benchmarks/speed.py --models HyenaRec FlashSASRec SASRec GRU4Rec \\
