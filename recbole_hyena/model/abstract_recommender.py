@@ -81,11 +81,12 @@ class WeightTiedSequentialRecommender(SequentialRecommender):
             )
         # Subclasses with a learnable item bias replace this by an nn.Parameter [n_items].
         self.item_bias: torch.Tensor | None = None
-        # ``torch_compile: True`` compiles ``forward_sequence`` (lazily, at its first call): it
-        # fuses the element-wise work between the matrix products and FFTs. The state dict keeps
-        # its keys, and nothing else depends on it.
+        # ``torch_compile: True`` compiles ``forward_sequence`` and ``forward`` (lazily, at their
+        # first calls): it fuses the element-wise work between the matrix products and FFTs. The
+        # state dict keeps its keys, and nothing else depends on it.
         if config["torch_compile"]:
             self.forward_sequence = torch.compile(self.forward_sequence)
+            self.forward = torch.compile(self.forward)
 
     def _init_weights(self, module: nn.Module) -> None:
         """RecBole's SASRec initialisation, for ``self.apply``: N(0, initializer_range) weights,

@@ -190,3 +190,15 @@ def test_torch_compile_gives_the_same_outputs_and_gradients():
         else:
             assert torch.allclose(p.grad, q.grad, atol=1e-4, rtol=1e-3), name
     assert eager.state_dict().keys() == compiled.state_dict().keys()
+    with torch.no_grad():
+        last = [model.forward(items, lengths) for model in (eager, compiled)]
+    assert torch.allclose(last[0], last[1], atol=1e-5)
+
+
+def test_forward_is_forward_sequence_at_the_last_valid_position():
+    """``forward`` normalises only the gathered positions; the result must not change."""
+    model = build_model(MAX_ITEM_LIST_LENGTH=40)
+    items, lengths = random_sequences(6, 40, 50)
+    full = model.forward_sequence(items, lengths)
+    expected = full[torch.arange(6), lengths - 1]
+    assert torch.allclose(model.forward(items, lengths), expected, atol=1e-6)

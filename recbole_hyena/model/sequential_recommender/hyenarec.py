@@ -106,11 +106,22 @@ class HyenaRec(CausalSequentialRecommender):
         )
 
     def forward_sequence(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:
+        return self.final_norm(self.hidden_states(item_seq))  # [B, L, H]
+
+    def forward(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:
+        # The final LayerNorm works per position: normalising only the gathered last positions
+        # gives the same output without a [B, L, H] LayerNorm and the input it keeps for the
+        # backward (prefix training and every evaluation score the last position only).
+        hidden = self.gather_indexes(self.hidden_states(item_seq), item_seq_len - 1)
+        return self.final_norm(hidden)  # [B, H]
+
+    def hidden_states(self, item_seq: torch.Tensor) -> torch.Tensor:
+        """The blocks' output before the final LayerNorm, ``[B, L, H]``."""
         mask = (item_seq > 0).unsqueeze(-1).to(self.item_embedding.weight.dtype)  # [B, L, 1]
         hidden = self.emb_dropout(self.item_embedding(item_seq))  # [B, L, H]
         for block in self.blocks:
             hidden = self._run_block(block, hidden, mask)
-        return self.final_norm(hidden)  # [B, L, H]
+        return hidden
 
     def _run_block(self, block: nn.Module, hidden: torch.Tensor, mask: torch.Tensor):
         """``block(hidden, mask)``, ``block_chunk_size`` sequences at a time (blocks are
