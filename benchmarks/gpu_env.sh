@@ -7,7 +7,8 @@
 #
 #   echo /wheels/ >> .git/info/exclude
 #   python3 -m pip download --no-deps --only-binary=:all: -d wheels \
-#       recbole==1.2.1 colorlog==4.7.2 texttable==1.7.0 [fla-core==0.5.2 for HyTRec's kernels]
+#       recbole==1.2.1 colorlog==4.7.2 texttable==1.7.0 thop==0.1.1.post2209072238 \
+#       [fla-core==0.5.2 for HyTRec's kernels]  (thop: RecBole's get_flops, used by a GPU test)
 
 PYTHON=${PYTHON:-python3}
 _wheels=${1:-wheels}
