@@ -41,6 +41,18 @@ def test_a_tiny_run_writes_csv_markdown_and_plot(tmp_path):
     assert (tmp_path / "speed_smoke.png").stat().st_size > 0
 
 
+@pytest.mark.slow
+def test_compile_runs_every_model_compiled_and_says_so(tmp_path):
+    rows = speed.main(
+        ["--models", "HyenaRec", "FlashSASRec", "--lengths", "16", "--batch", "2"]
+        + ["--n-items", "30", "--repeats", "1", "--warmup", "1", "--device", "cpu"]
+        + ["--threads", "1", "--out", str(tmp_path), "--tag", "compiled", "--compile"]
+    )
+    assert [row["status"] for row in rows] == ["ok", "ok"], rows
+    header = (tmp_path / "speed_compiled.csv").read_text()
+    assert "# torch_compile: calculate_loss and full_sort_predict of every model" in header
+
+
 def test_time_outs_are_rows_and_larger_lengths_are_skipped(tmp_path):
     rows = speed.main(
         ["--models", "GRU4Rec", "--lengths", "16", "32", "--device", "cpu"]
