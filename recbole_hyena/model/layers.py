@@ -27,10 +27,15 @@ _ACTIVATIONS = {
 }
 
 
+def next_power_of_two(min_length: int) -> int:
+    """The smallest power of two >= ``min_length`` (1 for ``min_length <= 1``)."""
+    return 1 << max(0, (min_length - 1).bit_length())
+
+
 def fast_fft_length(min_length: int) -> int:
     """The smallest 2^a 3^b 5^c 7^d >= ``min_length``: sizes every FFT backend handles fast,
     and often much closer to ``2L`` than the next power of two."""
-    best = 1 << max(0, (min_length - 1).bit_length())
+    best = next_power_of_two(min_length)
     power7 = 1
     while power7 < best:
         power5 = power7
@@ -55,7 +60,7 @@ def fft_length(min_length: int, device_type: str) -> int:
     any 2^a 3^b 5^c 7^d size, and the closest one is up to 1.8x smaller than a power of two.
     """
     if device_type == "cuda":
-        return 1 << max(0, (min_length - 1).bit_length())
+        return next_power_of_two(min_length)
     return fast_fft_length(min_length)
 
 
@@ -97,7 +102,7 @@ class _FFTCausalConv(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             # conj(U) * G in place in the recomputed spectrum, then summed over the batch.
             cross = (
-                torch.fft.rfft(inputs.to(grad_f.real.dtype), n=fft_len)
+                torch.fft.rfft(inputs.to(grad_outputs.dtype), n=fft_len)
                 .conj_physical_()
                 .mul_(grad_f)
             )
