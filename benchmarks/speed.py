@@ -27,7 +27,9 @@ and ``speed_<tag>.png`` (log-log time and memory against L).
 
 ``--compile`` wraps every model's ``calculate_loss`` and ``full_sort_predict`` in
 ``torch.compile`` (the same for all models, so compiled rows compare like with like); the warm-up
-steps absorb the compilation.
+steps absorb the compilation. ``--fused-layer-norm`` swaps every model's ``nn.LayerNorm`` for the
+plugin's ``recbole_hyena.model.fused_norm.LayerNorm`` (a Triton kernel on CUDA; the plugin's
+own models use it already), so that zoo models can be timed with the same LayerNorm kernel.
 
 Example (CPU, the issue's settings)::
 
@@ -309,6 +311,10 @@ def run_child(spec: dict) -> None:
     except Exception as error:
         result["note"] = f"flop count failed: {type(error).__name__}"
 
+    if spec.get("fused_layer_norm"):
+        from recbole_hyena.model.fused_norm import replace_layer_norms
+
+        report(layer_norms_swapped=replace_layer_norms(model))
     if spec.get("compile"):
         # The same treatment for every model: its loss and its full ranking, whole-graph where
         # it can be (graph breaks fall back to eager pieces, which the times then include).
@@ -715,6 +721,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="torch.compile every model's loss and full-ranking functions (the warm-up steps "
         "absorb the compilation; use --warmup 2 or more)",
     )
+    parser.add_argument(
+        "--fused-layer-norm",
+        action="store_true",
+        help="swap every model's nn.LayerNorm for the plugin's LayerNorm (Triton on CUDA)",
+    )
     parser.add_argument("--seed", type=int, default=2020)
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results")
     parser.add_argument("--tag", help="file name suffix (default: the device)")
@@ -739,6 +750,9 @@ def build_header(args: argparse.Namespace, device: str, overrides: dict) -> dict
         "torch_compile": "calculate_loss and full_sort_predict of every model"
         if args.compile
         else "off (eager)",
+        "layer_norm": "nn.LayerNorm of every model swapped for recbole_hyena's LayerNorm"
+        if args.fused_layer_norm
+        else "each model's own",
         "timeout_s": args.timeout,
         "cpu_memory_cap_gb": args.max_memory_gb if not on_gpu else "n/a",
         "memory": "torch.cuda.max_memory_allocated per phase"
@@ -838,6 +852,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         "max_memory_gb": args.max_memory_gb,
                         "overrides": overrides,
                         "compile": args.compile,
+                        "fused_layer_norm": args.fused_layer_norm,
                         "seed": args.seed,
                         "profile_to": str(args.out)
                         if f"{model}:{seq_len}:{dtype}" in profiles

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recbole_hyena.model.filters import KernelGenerator
+from recbole_hyena.model.fused_norm import LayerNorm
 
 _ACTIVATIONS = {
     "gelu": nn.GELU,
@@ -381,11 +382,12 @@ class PreNormBlock(nn.Module):
         dropout: float,
         activation: str = "gelu",
         layer_norm_eps: float = 1e-12,
+        layer_norm_backend: str = "auto",
     ):
         super().__init__()
-        self.mixer_norm = nn.LayerNorm(d_model, eps=layer_norm_eps)
+        self.mixer_norm = LayerNorm(d_model, eps=layer_norm_eps, backend=layer_norm_backend)
         self.mixer = mixer
-        self.ffn_norm = nn.LayerNorm(d_model, eps=layer_norm_eps)
+        self.ffn_norm = LayerNorm(d_model, eps=layer_norm_eps, backend=layer_norm_backend)
         # Dropout on the mixer and MLP outputs only (the HyenaRec paper's block): dropout inside
         # the MLP would also cost a random draw per hidden unit (on CPU ~8% of a training step).
         self.ffn = FeedForward(d_model, inner_size, 0.0, activation)

@@ -22,6 +22,7 @@ from torch.utils.checkpoint import checkpoint
 
 from recbole_hyena.model.abstract_recommender import CausalSequentialRecommender
 from recbole_hyena.model.filters import KernelGenerator, build_kernel_generator
+from recbole_hyena.model.fused_norm import LayerNorm
 from recbole_hyena.model.layers import Dropout, HyenaOperator, PreNormBlock, ShortPath
 
 # glibc serves allocations above its mmap threshold (at most 32 MB) with fresh pages, which the
@@ -49,6 +50,7 @@ class HyenaRec(CausalSequentialRecommender):
         self.hidden_dropout_prob = config["hidden_dropout_prob"]
         self.hidden_act = config["hidden_act"]
         self.layer_norm_eps = config["layer_norm_eps"]
+        self.layer_norm_backend = config["layer_norm_backend"] or "auto"
         self.initializer_range = config["initializer_range"]
         self.hyena_order = config["hyena_order"]
         self.filter_type = config["filter_type"]
@@ -77,10 +79,13 @@ class HyenaRec(CausalSequentialRecommender):
                 self.hidden_dropout_prob,
                 self.hidden_act,
                 self.layer_norm_eps,
+                self.layer_norm_backend,
             )
             for _ in range(self.n_layers)
         )
-        self.final_norm = nn.LayerNorm(self.hidden_size, eps=self.layer_norm_eps)
+        self.final_norm = LayerNorm(
+            self.hidden_size, eps=self.layer_norm_eps, backend=self.layer_norm_backend
+        )
 
         # parameters initialization
         self.apply(self._init_weights)

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recbole_hyena.model.abstract_recommender import CausalSequentialRecommender
+from recbole_hyena.model.fused_norm import LayerNorm
 from recbole_hyena.model.layers import Dropout, PreNormBlock
 from recbole_hyena.model.tadn import TemporalDeltaNet
 
@@ -150,6 +151,7 @@ class HyTRec(CausalSequentialRecommender):
         self.attn_dropout_prob = config["attn_dropout_prob"]
         self.hidden_act = config["hidden_act"]
         self.layer_norm_eps = config["layer_norm_eps"]
+        self.layer_norm_backend = config["layer_norm_backend"] or "auto"
         self.initializer_range = config["initializer_range"]
         self.n_long_layers = config["n_long_layers"]
         self.linear_softmax_ratio = config["linear_softmax_ratio"]
@@ -179,12 +181,12 @@ class HyTRec(CausalSequentialRecommender):
         if self.time_gap_embedding:
             # bucket 0: no previous event in the input (first position) or padding
             self.gap_embedding = nn.Embedding(self.n_time_buckets, self.hidden_size, padding_idx=0)
-        self.emb_norm = nn.LayerNorm(self.hidden_size, eps=self.layer_norm_eps)
+        self.emb_norm = self._layer_norm()
         self.emb_dropout = Dropout(self.hidden_dropout_prob)
         self.long_blocks = nn.ModuleList(
             self._block(self._long_mixer(layer)) for layer in range(self.n_long_layers)
         )
-        self.long_norm = nn.LayerNorm(self.hidden_size, eps=self.layer_norm_eps)
+        self.long_norm = self._layer_norm()
         if self.use_short_branch:
             self.empty_history = nn.Parameter(torch.zeros(self.hidden_size))
             self.short_blocks = nn.ModuleList(
@@ -195,7 +197,7 @@ class HyTRec(CausalSequentialRecommender):
                 )
                 for _ in range(self.n_short_layers)
             )
-            self.short_norm = nn.LayerNorm(self.hidden_size, eps=self.layer_norm_eps)
+            self.short_norm = self._layer_norm()
             self.fusion_gate = nn.Linear(2 * self.hidden_size, self.hidden_size)
         # The interaction's time list while an entry point (loss, predict) runs; see _times_of.
         self._time_seq: torch.Tensor | None = None
@@ -233,7 +235,11 @@ class HyTRec(CausalSequentialRecommender):
             self.hidden_dropout_prob,
             self.hidden_act,
             self.layer_norm_eps,
+            self.layer_norm_backend,
         )
+
+    def _layer_norm(self) -> LayerNorm:
+        return LayerNorm(self.hidden_size, eps=self.layer_norm_eps, backend=self.layer_norm_backend)
 
     def time_gaps(
         self, item_seq: torch.Tensor, time_seq: torch.Tensor | None
