@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recbole_hyena.model.fused_norm import (
+    MIN_TRITON_ROWS,
     LayerNorm,
     replace_layer_norms,
     triton_available,
@@ -96,6 +97,16 @@ def test_cuda_kernels_match_layer_norm_with_gradients_and_under_bf16_autocast(n_
         ref = F.layer_norm(half_input, (n_cols,), w, b, 1e-12)
     assert ours.dtype == ref.dtype == torch.float32  # autocast runs layer_norm in float32
     assert torch.allclose(ours, ref, atol=1e-5)
+
+
+@pytest.mark.skipif(not (HAS_CUDA and HAS_TRITON), reason="needs a CUDA GPU and triton")
+def test_auto_takes_triton_for_many_short_rows_only():
+    norm = LayerNorm(64).cuda()
+    assert norm._use_triton(torch.empty(MIN_TRITON_ROWS, 64, device="cuda"))
+    assert not norm._use_triton(torch.empty(MIN_TRITON_ROWS - 1, 64, device="cuda"))
+    assert not norm._use_triton(torch.empty(MIN_TRITON_ROWS, 64))  # CPU
+    assert not LayerNorm(2048).cuda()._use_triton(torch.empty(MIN_TRITON_ROWS, 2048, device="cuda"))
+    assert LayerNorm(64, backend="triton").cuda()._use_triton(torch.empty(2, 64, device="cuda"))
 
 
 @pytest.mark.skipif(not (HAS_CUDA and HAS_TRITON), reason="needs a CUDA GPU and triton")
