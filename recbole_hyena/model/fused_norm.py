@@ -18,6 +18,8 @@ fused kernel is as good) and for rows longer than ``MAX_TRITON_COLUMNS`` the mod
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -169,6 +171,12 @@ def triton_layer_norm(
     return _TritonLayerNorm.apply(inputs, weight, bias, eps)
 
 
+def triton_pays(shape: torch.Size) -> bool:
+    """Whether ``auto`` takes the Triton kernels for inputs of this shape (on CUDA)."""
+    n_cols = shape[-1]
+    return n_cols <= MAX_TRITON_COLUMNS and math.prod(shape) >= MIN_TRITON_ROWS * n_cols
+
+
 class LayerNorm(nn.LayerNorm):
     """``nn.LayerNorm`` over the last dimension (same parameters, state-dict keys and results)
     whose ``backend`` picks the kernel: ``torch``, ``triton`` (CUDA inputs; an error where
@@ -193,10 +201,7 @@ class LayerNorm(nn.LayerNorm):
             return False
         if torch.compiler.is_compiling():
             return False
-        if self.backend == "triton":
-            return True
-        n_cols = inputs.shape[-1]
-        return n_cols <= MAX_TRITON_COLUMNS and inputs.numel() >= MIN_TRITON_ROWS * n_cols
+        return self.backend == "triton" or triton_pays(inputs.shape)
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         if self._use_triton(inputs):

@@ -17,6 +17,7 @@ from recbole_hyena.model.fused_norm import (
     replace_layer_norms,
     triton_available,
     triton_layer_norm,
+    triton_pays,
 )
 from tests.conftest import build_model, random_sequences
 
@@ -42,6 +43,13 @@ def test_is_nn_layer_norm_on_cpu_and_loads_its_state_dict():
     norm.load_state_dict(reference.state_dict())
     inputs = torch.randn(3, 7, 24)
     assert torch.equal(norm(inputs), reference(inputs))
+
+
+def test_auto_picks_triton_for_many_rows_of_at_most_1024_channels():
+    assert triton_pays(torch.Size([MIN_TRITON_ROWS, 64]))
+    assert triton_pays(torch.Size([128, 4000, 64]))  # B x L x H at L=4000
+    assert not triton_pays(torch.Size([128, 1000, 64]))  # launch-bound there (see fused_norm)
+    assert not triton_pays(torch.Size([MIN_TRITON_ROWS, 2048]))
 
 
 # Triton's interpreter runs the kernels on CPU tensors; it reads TRITON_INTERPRET at import, hence
@@ -101,12 +109,16 @@ def test_cuda_kernels_match_layer_norm_with_gradients_and_under_bf16_autocast(n_
 
 @pytest.mark.skipif(not (HAS_CUDA and HAS_TRITON), reason="needs a CUDA GPU and triton")
 def test_auto_takes_triton_for_many_short_rows_only():
+    def rows(n_rows, n_cols, device="cuda"):  # the shape only, without the memory
+        return torch.empty(1, n_cols, device=device).expand(n_rows, n_cols)
+
     norm = LayerNorm(64).cuda()
-    assert norm._use_triton(torch.empty(MIN_TRITON_ROWS, 64, device="cuda"))
-    assert not norm._use_triton(torch.empty(MIN_TRITON_ROWS - 1, 64, device="cuda"))
-    assert not norm._use_triton(torch.empty(MIN_TRITON_ROWS, 64))  # CPU
-    assert not LayerNorm(2048).cuda()._use_triton(torch.empty(MIN_TRITON_ROWS, 2048, device="cuda"))
-    assert LayerNorm(64, backend="triton").cuda()._use_triton(torch.empty(2, 64, device="cuda"))
+    assert norm._use_triton(rows(MIN_TRITON_ROWS, 64))
+    assert not norm._use_triton(rows(MIN_TRITON_ROWS - 1, 64))
+    assert not norm._use_triton(rows(MIN_TRITON_ROWS, 64, device="cpu"))
+    assert not LayerNorm(2048).cuda()._use_triton(rows(MIN_TRITON_ROWS, 2048))
+    assert LayerNorm(64, backend="triton").cuda()._use_triton(rows(2, 64))
+    assert not LayerNorm(64, backend="torch").cuda()._use_triton(rows(MIN_TRITON_ROWS, 64))
 
 
 @pytest.mark.skipif(not (HAS_CUDA and HAS_TRITON), reason="needs a CUDA GPU and triton")
