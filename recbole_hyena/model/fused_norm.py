@@ -47,6 +47,17 @@ def triton_available() -> bool:
 if triton is not None:
 
     @triton.jit
+    def _row_tile(tile, n_rows, n_cols, BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr):
+        """Program ``tile``'s rows and the columns, their masks, and the element offsets of the
+        ``[BLOCK_ROWS, BLOCK_COLS]`` tile in a row-major ``[n_rows, n_cols]`` tensor."""
+        rows = tile.to(tl.int64) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
+        cols = tl.arange(0, BLOCK_COLS)
+        row_mask = rows < n_rows
+        col_mask = cols < n_cols
+        mask = row_mask[:, None] & col_mask[None, :]
+        return rows, cols, row_mask, col_mask, mask, rows[:, None] * n_cols + cols[None, :]
+
+    @triton.jit
     def _layer_norm_forward_kernel(
         inputs_ptr,
         outputs_ptr,
@@ -60,12 +71,9 @@ if triton is not None:
         BLOCK_ROWS: tl.constexpr,
         BLOCK_COLS: tl.constexpr,
     ):
-        rows = tl.program_id(0).to(tl.int64) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
-        cols = tl.arange(0, BLOCK_COLS)
-        row_mask = rows < n_rows
-        col_mask = cols < n_cols
-        mask = row_mask[:, None] & col_mask[None, :]
-        offsets = rows[:, None] * n_cols + cols[None, :]
+        rows, cols, row_mask, col_mask, mask, offsets = _row_tile(
+            tl.program_id(0), n_rows, n_cols, BLOCK_ROWS, BLOCK_COLS
+        )
         x = tl.load(inputs_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
         mean = tl.sum(x, axis=1) / n_cols
         centred = tl.where(mask, x - mean[:, None], 0.0)
@@ -93,12 +101,9 @@ if triton is not None:
         BLOCK_COLS: tl.constexpr,
     ):
         tile = tl.program_id(0)
-        rows = tile.to(tl.int64) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
-        cols = tl.arange(0, BLOCK_COLS)
-        row_mask = rows < n_rows
-        col_mask = cols < n_cols
-        mask = row_mask[:, None] & col_mask[None, :]
-        offsets = rows[:, None] * n_cols + cols[None, :]
+        rows, cols, row_mask, col_mask, mask, offsets = _row_tile(
+            tile, n_rows, n_cols, BLOCK_ROWS, BLOCK_COLS
+        )
         x = tl.load(inputs_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
         dy = tl.load(grad_outputs_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
         mean = tl.load(mean_ptr + rows, mask=row_mask, other=0.0)
