@@ -55,12 +55,26 @@ class LongHistoryDataset(SequentialDataset):
         self.loss_start: np.ndarray | None = None
         super().__init__(config)
 
+    def _dataframe_to_interaction(self, data):
+        """RecBole's conversion, except that the time field stays float64: float32 rounds epoch
+        seconds (~1e9) to steps of 64 s, which erases the gaps that time-aware models read."""
+        interaction = super()._dataframe_to_interaction(data)
+        if self.time_field in data and self.time_field in interaction:
+            times = np.asarray(data[self.time_field].values, dtype=np.float64)
+            interaction[self.time_field] = torch.from_numpy(times)
+        return interaction
+
     def data_augmentation(self):
         """Overrides RecBole's augmentation: sort once by (user, time) and record each user's rows."""
         self._aug_presets()  # registers the <field>_list fields, as RecBole does
         self._check_field("uid_field", "time_field")
-        self.sort(by=[self.uid_field, self.time_field], ascending=True)
         users = self.inter_feat[self.uid_field].numpy()
+        # RecBole's order: a stable sort by user and float32 time (events less than 64 s apart
+        # can tie, and keep their file order); the samples stay RecBole's, the times exact.
+        float32_times = self.inter_feat[self.time_field].float().numpy()
+        order = np.lexsort((np.arange(len(users)), float32_times, users))
+        self.inter_feat = self.inter_feat[torch.from_numpy(order)]
+        users = users[order]
         is_first = np.ones(len(users), dtype=bool)
         is_first[1:] = users[1:] != users[:-1]
         self.user_row_start = np.flatnonzero(is_first)

@@ -27,24 +27,49 @@ from recbole_hyena.model.abstract_recommender import AllPositionMixin
 _DOWNLOAD_TIMEOUT_S = 60
 
 
+# RecBole models whose training reads the augmented ``dataset.inter_feat`` (one padded history
+# per interaction) that the plugin's data path does not store.
+_MODELS_NEEDING_AUGMENTED_ROWS = frozenset({"FEARec"})
+
+
+def _inter_files(config) -> list[str]:
+    """The interaction files RecBole reads: ``<dataset>.inter``, or one per
+    ``benchmark_filename`` part (``<dataset>.train.inter``, ...)."""
+    parts = config["benchmark_filename"]
+    suffixes = [".inter"] if parts is None else [f".{part}.inter" for part in parts]
+    return [os.path.join(config["data_path"], config["dataset"] + suffix) for suffix in suffixes]
+
+
 def _missing_data_error(config, reason: str) -> FileNotFoundError:
-    inter_file = os.path.join(config["data_path"], f"{config['dataset']}.inter")
     return FileNotFoundError(
-        f"dataset [{config['dataset']}] not found: looked for {inter_file} ({reason}). "
-        "Put the atomic files there, point --data_path at the folder that holds "
+        f"dataset [{config['dataset']}] not found: looked for {', '.join(_inter_files(config))} "
+        f"({reason}). Put the atomic files there, point --data_path at the folder that holds "
         f"{config['dataset']}/, or see dataset/README.md"
     )
 
 
 def uses_long_history_dataset(config) -> bool:
     """The plugin's data path serves sequential models that RecBole gives no dataset class of their
-    own (DIN, KSR, ...), with the ``LS`` split, unless ``long_history_dataset`` is off."""
+    own (DIN, KSR, ...) and that do not read RecBole's augmented rows (FEARec), with the ``LS``
+    split of one ``.inter`` file and full-ranking evaluation, unless ``long_history_dataset`` is
+    off. Anything else takes RecBole's own path."""
     if config["MODEL_TYPE"] != ModelType.SEQUENTIAL or not config["long_history_dataset"]:
         return False
     recbole_datasets = importlib.import_module("recbole.data.dataset")
-    return not hasattr(recbole_datasets, config["model"] + "Dataset") and "LS" in (
-        config["eval_args"]["split"] or {}
-    )
+    if hasattr(recbole_datasets, config["model"] + "Dataset"):
+        return False
+    if config["model"] in _MODELS_NEEDING_AUGMENTED_ROWS or config["benchmark_filename"]:
+        return False
+    eval_args = config["eval_args"]
+    # sampled evaluation (uni100, pop100) scores RecBole's per-row samples: its loader, its path
+    full_ranking = all(mode == "full" for mode in eval_args["mode"].values())
+    return full_ranking and "LS" in (eval_args["split"] or {})
+
+
+_PLUGIN_PATH_NEEDS = (
+    "a sequential model, eval_args.split {'LS': ...}, eval_args.mode full, one .inter file "
+    "(no benchmark_filename) and long_history_dataset: True"
+)
 
 
 def check_data_config(config) -> None:
@@ -76,15 +101,17 @@ def check_data_config(config) -> None:
             )
         if not long_history:
             raise ValueError(
-                "train_mode [autoregressive] needs the plugin's sequential data path: a "
-                "sequential model, eval_args.split {'LS': ...} and long_history_dataset: True"
+                f"train_mode [autoregressive] needs the plugin's sequential data path: {_PLUGIN_PATH_NEEDS}"
             )
         if config["loss_type"] != "CE":
             raise ValueError(
                 f"train_mode [autoregressive] needs loss_type CE, got [{config['loss_type']}]"
             )
     if config["history_mask"] and not long_history:
-        raise ValueError("history_mask needs the plugin's sequential data path (see train_mode)")
+        raise ValueError(
+            f"history_mask [True] needs the plugin's sequential data path: {_PLUGIN_PATH_NEEDS}; "
+            "or set history_mask: False"
+        )
 
 
 def create_dataset(config):
@@ -93,10 +120,8 @@ def create_dataset(config):
     downloaded raises ``FileNotFoundError`` naming the path it looked in."""
     check_data_config(config)
     data_path = config["data_path"]
-    if os.path.isdir(data_path) and not os.path.isfile(
-        os.path.join(data_path, f"{config['dataset']}.inter")
-    ):
-        raise _missing_data_error(config, f"the folder {data_path} has no .inter file")
+    if os.path.isdir(data_path) and not all(map(os.path.isfile, _inter_files(config))):
+        raise _missing_data_error(config, f"the folder {data_path} lacks one of them")
     if not os.path.isdir(data_path):
         # RecBole downloads known data sets into a missing folder; bound the wait offline.
         previous_timeout = socket.getdefaulttimeout()

@@ -63,6 +63,13 @@ def fourier_basis(grid: torch.Tensor, n_basis: int) -> torch.Tensor:
     return torch.stack(columns, dim=-1)
 
 
+def _normal_tensors() -> torch.inference_mode:
+    """Context for building cached constants: one built under ``torch.inference_mode`` (a first
+    call from serving code) would be an inference tensor, which later training cannot save for
+    backward."""
+    return torch.inference_mode(False)
+
+
 def _option(config, key: str, default):
     """``config[key]``, or ``default`` where the key is absent or None (``config`` is a RecBole
     ``Config`` or a plain dict, e.g. the one stored in a checkpoint)."""
@@ -138,8 +145,9 @@ class BasisKernelGenerator(KernelGenerator):
         key = (seq_len, self.coefficients.device, self.coefficients.dtype)
         cached = self._basis_cache.get(key)
         if cached is None:
-            cached = self.build_basis(seq_len, self.coefficients.device)
-            cached = cached.to(self.coefficients.dtype)
+            with _normal_tensors():
+                cached = self.build_basis(seq_len, self.coefficients.device)
+                cached = cached.to(self.coefficients.dtype)
             self._basis_cache[key] = cached
         return cached
 
@@ -271,13 +279,16 @@ class ImplicitKernelGenerator(KernelGenerator):
         key = (seq_len, weight.device, weight.dtype)
         cached = self._feature_cache.get(key)
         if cached is None:
-            steps = torch.arange(seq_len, device=weight.device, dtype=torch.float64)
-            time = steps / max(seq_len - 1, 1)
-            angles = 2 * math.pi * steps / seq_len
-            freqs = torch.linspace(1e-4, self.bands - 1, self.bands, dtype=torch.float64)
-            phase = angles.unsqueeze(-1) * freqs.to(weight.device)  # [L, bands]
-            features = torch.cat([time.unsqueeze(-1), torch.cos(phase), -torch.sin(phase)], dim=-1)
-            cached = (features.to(weight.dtype), time.to(weight.dtype))
+            with _normal_tensors():
+                steps = torch.arange(seq_len, device=weight.device, dtype=torch.float64)
+                time = steps / max(seq_len - 1, 1)
+                angles = 2 * math.pi * steps / seq_len
+                freqs = torch.linspace(1e-4, self.bands - 1, self.bands, dtype=torch.float64)
+                phase = angles.unsqueeze(-1) * freqs.to(weight.device)  # [L, bands]
+                features = torch.cat(
+                    [time.unsqueeze(-1), torch.cos(phase), -torch.sin(phase)], dim=-1
+                )
+                cached = (features.to(weight.dtype), time.to(weight.dtype))
             self._feature_cache[key] = cached
         return cached
 

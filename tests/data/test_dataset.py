@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from recbole.trainer import Trainer
 
 from recbole_hyena.config import Config
 from recbole_hyena.data import create_dataset, data_preparation
@@ -24,7 +25,8 @@ def sample_rows(loader) -> np.ndarray:
     rows = []
     for batch in loader:
         batch = batch[0] if isinstance(batch, tuple) else batch
-        columns = [batch[f].reshape(len(batch[f]), -1).long() for f in FIELDS]
+        # times at RecBole's float32 precision (the plugin keeps float64, see test_time_gaps_...)
+        columns = [batch[f].reshape(len(batch[f]), -1).float().long() for f in FIELDS]
         rows.append(torch.cat(columns, dim=1).numpy())
     rows = np.concatenate(rows)
     return rows[np.lexsort(rows.T[::-1])]
@@ -47,7 +49,7 @@ def test_metrics_equal_the_stock_path_for_a_fixed_model(stock_and_plugin):
     (config, (train, _, stock_test)), (_, (_, _, plugin_test)) = stock_and_plugin
     torch.manual_seed(0)
     model = get_model("HyenaRec")(config, train._dataset)
-    trainer = with_safe_checkpoints(__import__("recbole").trainer.Trainer)(config, model)
+    trainer = with_safe_checkpoints(Trainer)(config, model)
     stock = trainer.evaluate(stock_test, load_best_model=False)
     plugin = trainer.evaluate(plugin_test, load_best_model=False)
     assert stock == plugin
@@ -149,3 +151,98 @@ def test_synthetic_dataset_loads_with_the_long_history_path(tmp_path):
     assert train._dataset.inter_num == 30 * 60
     assert len(test._dataset) == 30 and len(valid._dataset) == 30
     assert len(train._dataset) == 30 * 3  # 57 training targets per user in windows of 20
+
+
+def _write_inter(folder, name: str, rows: list[tuple[int, int, float]], suffix: str = "inter"):
+    data_folder = folder / name
+    data_folder.mkdir(exist_ok=True)
+    lines = ["user_id:token\titem_id:token\ttimestamp:float"]
+    lines += [f"{user}\t{item}\t{time:.0f}" for user, item, time in rows]
+    (data_folder / f"{name}.{suffix}").write_text("\n".join(lines) + "\n")
+
+
+_NO_FILTERS = {"item_inter_num_interval": None, "user_inter_num_interval": None}
+
+
+def test_time_gaps_of_epoch_seconds_survive_loading(tmp_path):
+    """float32 holds epoch seconds (~1e9) only to 64 s; the time-aware models read exact gaps."""
+    start = 978_300_760
+    gaps = [5, 20, 1, 64, 3, 7, 11, 2]
+    times = start + np.concatenate([[0], np.cumsum(gaps)])
+    rows = [(user, item + 1, t + user) for user in (1, 2) for item, t in enumerate(times)]
+    _write_inter(tmp_path, "secs", rows)
+    _, (_, _, test) = prepare(
+        dataset="secs", data_path=str(tmp_path), train_mode="prefix", **_NO_FILTERS
+    )
+    batch = next(iter(test))[0]
+    history = batch["timestamp_list"][0, : int(batch["item_length"][0])]
+    assert history.dtype == torch.float64
+    assert history.diff().tolist() == gaps[: len(history) - 1]
+
+
+def test_sampled_evaluation_takes_recboles_path(tmp_path):
+    """uni/pop evaluation scores RecBole's per-interaction samples, which its own loaders build."""
+    _write_inter(
+        tmp_path, "small", [(u, i, t) for u in range(1, 9) for t, i in enumerate(range(1, 9))]
+    )
+    eval_args = {
+        "split": {"LS": "valid_and_test"},
+        "order": "TO",
+        "mode": "uni5",
+        "group_by": "user",
+    }
+    config, (train, valid, test) = prepare(
+        dataset="small",
+        data_path=str(tmp_path),
+        train_mode="prefix",
+        history_mask=False,
+        eval_args=eval_args,
+        topk=[3],
+        valid_metric="Recall@3",
+        **_NO_FILTERS,
+    )
+    model = get_model("HyenaRec")(config, train._dataset)
+    trainer = with_safe_checkpoints(Trainer)(config, model)
+    result = trainer.evaluate(test, load_best_model=False)
+    assert 0.0 <= result["recall@3"] <= 1.0
+    with pytest.raises(ValueError, match="eval_args.mode full"):
+        prepare(dataset="small", data_path=str(tmp_path), eval_args=eval_args, **_NO_FILTERS)
+
+
+def test_fearec_keeps_recboles_augmented_rows(tmp_path):
+    """FEARec's loss reads RecBole's per-interaction rows, which only the stock path stores."""
+    _write_inter(
+        tmp_path, "small", [(u, i, t) for u in range(1, 9) for t, i in enumerate(range(1, 9))]
+    )
+    config, (train, _, _) = prepare(
+        model="FEARec", dataset="small", data_path=str(tmp_path), history_mask=False, **_NO_FILTERS
+    )
+    model = get_model("FEARec")(config, train._dataset)
+    loss = model.calculate_loss(next(iter(train)))
+    assert torch.isfinite(loss)
+
+
+def test_benchmark_files_load_and_are_named_when_missing(tmp_path):
+    """Pre-split files (``benchmark_filename``) hold RecBole's augmented rows: its path reads them."""
+    folder = tmp_path / "bm"
+    folder.mkdir()
+    parts = {"train": range(1, 6), "valid": range(6, 7), "test": range(7, 8)}
+    for part, targets in parts.items():
+        lines = ["user_id:token\titem_id_list:token_seq\titem_id:token"]
+        for user in range(1, 5):
+            lines += [f"{user}\t{' '.join(map(str, range(1, t + 1)))}\t{t + 1}" for t in targets]
+        (folder / f"bm.{part}.inter").write_text("\n".join(lines) + "\n")
+    split = {
+        "dataset": "bm",
+        "data_path": str(tmp_path),
+        "benchmark_filename": list(parts),
+        "train_mode": "prefix",
+        "history_mask": False,
+        "load_col": None,
+        **_NO_FILTERS,
+    }
+    _, (train, valid, test) = prepare(**split)
+    assert (len(train._dataset), len(valid._dataset), len(test._dataset)) == (20, 4, 4)
+    (folder / "bm.valid.inter").unlink()
+    with pytest.raises(FileNotFoundError, match=r"bm\.valid\.inter"):
+        prepare(**split)

@@ -175,6 +175,23 @@ def test_prefix_mode_loss_and_predict(name):
     assert torch.allclose(model.predict(interaction), picked, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", MODELS)
+def test_trains_under_bf16_autocast(name):
+    """RecBole's ``enable_amp`` and ``speed.py --dtype bf16`` run the loss under autocast."""
+    model = tiny_model(name).train()
+    item_seq, item_seq_len = random_sequences(5, 12, N_ITEMS)
+    interaction = {
+        model.ITEM_SEQ: item_seq,
+        model.ITEM_SEQ_LEN: item_seq_len,
+        model.POS_ITEM_ID: torch.randint(1, N_ITEMS, (5,)),
+    }
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model.calculate_loss(interaction)
+    loss.backward()
+    assert math.isfinite(loss.item())
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
 # --- LRURec: the scan against the recurrence ----------------------------------------------------
 
 

@@ -202,3 +202,18 @@ def test_forward_is_forward_sequence_at_the_last_valid_position():
     full = model.forward_sequence(items, lengths)
     expected = full[torch.arange(6), lengths - 1]
     assert torch.allclose(model.forward(items, lengths), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("model_name", ["HyenaRec", "HyenaVanilla"])
+def test_trains_after_a_first_call_under_inference_mode(model_name):
+    """Serving code may score first under ``torch.inference_mode``; the kernel generator's cached
+    basis (or positional features) built then must not be inference tensors, which training
+    cannot save for backward."""
+    model = build_model(model_name)
+    items, lengths = random_sequences(3, 20, 50)
+    with torch.inference_mode():
+        model.full_sort_predict(interaction(items, lengths))
+    model.train()
+    loss = model.calculate_loss(interaction(items, lengths, item_id=torch.tensor([1, 2, 3])))
+    loss.backward()
+    assert torch.isfinite(loss)

@@ -83,7 +83,8 @@ class LRULayer(nn.Module):
 
     def _drive(self, inputs: torch.Tensor) -> torch.Tensor:
         """``gamma * B x``: the complex input of the recurrence, ``[..., state_size]``."""
-        projected = self.input_proj(inputs)
+        # float32: complex tensors have no bfloat16 type (autocast gives the projection bf16)
+        projected = self.input_proj(inputs).float()
         real, imag = projected.split(self.state_size, dim=-1)
         return torch.complex(real, imag) * torch.exp(self.gamma_log)
 
