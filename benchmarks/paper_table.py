@@ -474,6 +474,22 @@ def train_and_test(
     best_file, last_file = state_dir / "best.pth", state_dir / "last.pth"
     progress_file = state_dir / "progress.json"
     progress = json.loads(progress_file.read_text()) if progress_file.is_file() else {}
+    settings = run_settings(overrides, eval_every_steps)
+    if progress and progress.get("settings", settings) != settings:
+        changed = sorted(
+            key
+            for key in set(settings) | set(progress["settings"])
+            if settings.get(key) != progress["settings"].get(key)
+        )
+        raise ValueError(
+            f"{state_dir} holds a {model} run with other settings ({', '.join(changed)}: "
+            f"{[progress['settings'].get(key) for key in changed]} there, "
+            f"{[settings.get(key) for key in changed]} now); delete that folder to start "
+            "again, or pass another --state_dir"
+        )
+    progress["settings"] = settings
+    # the time limit counts from the model's first start, across resumed runs
+    elapsed_before = progress.get("elapsed_s", 0.0)
 
     config_dict = {**protocol_config(model), **overrides, "checkpoint_dir": str(state_dir)}
     config = Config(model=model, dataset=dataset, config_dict=config_dict)
@@ -513,6 +529,7 @@ def train_and_test(
                 "valid_seconds": trainer.valid_seconds,
                 "resumed": resumed,
                 "finished": finished,
+                "elapsed_s": elapsed_before + time.perf_counter() - call_started,
             }
         )
         tmp = progress_file.with_suffix(".tmp")
@@ -521,7 +538,7 @@ def train_and_test(
 
     configured_eval_step = trainer.eval_step
     if time_limit_s > 0:
-        trainer.deadline = call_started + time_limit_s
+        trainer.deadline = call_started + time_limit_s - elapsed_before
 
     def after_validation(epoch_idx: int, valid_score: float) -> None:
         nonlocal best_epoch
@@ -587,6 +604,17 @@ def train_and_test(
         "finished_at": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
     return row
+
+
+# Overrides that do not change what a model learns: a run may resume under other values.
+_RESUMABLE_ACROSS = frozenset({"data_path", "show_progress", "state", "gpu_id", "checkpoint_dir"})
+
+
+def run_settings(overrides: dict, eval_every_steps: int) -> dict:
+    """What a resumed run must share with the run that saved its state (JSON-normalised)."""
+    kept = {key: value for key, value in overrides.items() if key not in _RESUMABLE_ACROSS}
+    kept["eval_every_steps"] = eval_every_steps
+    return json.loads(json.dumps(kept, sort_keys=True, default=str))
 
 
 def environment(config) -> dict[str, str]:

@@ -80,6 +80,12 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def reads_time_list(model: torch.nn.Module) -> bool:
+    """Whether ``model`` scores a history differently given its event times (HSTU's time bias,
+    HyTRec's time terms); such models fall back to positions when no times come with it."""
+    return getattr(model, "TIME_SEQ", None) is not None and bool(getattr(model, "time_bias", True))
+
+
 class Recommender:
     """A bundle's model ready to rank: ``recommend_users`` and ``recommend_sequences``.
 
@@ -105,6 +111,12 @@ class Recommender:
         self.item_seq_len_field = bundle.fields["ITEM_SEQ_LEN"]
         self.max_seq_length = bundle.max_seq_length
         self.trim_padding = self._padding_invariant() if trim_padding is None else trim_padding
+        if reads_time_list(self.model):
+            logger.warning(
+                f"{bundle.model} reads event times ([{self.model.TIME_SEQ}]), which bundles do "
+                "not store: its recommendations here see positions only and can differ from "
+                "its own evaluation"
+            )
 
     @classmethod
     def from_file(
@@ -137,7 +149,9 @@ class Recommender:
             logger.warning(
                 f"{len(unknown)} unknown user token(s) skipped: {unknown[:_SHOW_AT_MOST]}"
             )
-        known = torch.tensor([user_ids[user] for user in users if user in user_ids])
+        known = torch.tensor(
+            [user_ids[user] for user in users if user in user_ids], dtype=torch.long
+        )
         offsets = self.bundle.history["offsets"]
         flat, flat_offsets = _gather_rows(
             self.bundle.history["items"], offsets[known], offsets[known + 1]

@@ -41,6 +41,12 @@ from recbole_hyena.quick_start import objective_function
 from recbole_hyena.utils import properties_dir
 
 PARAM_TYPES = ("choice", "uniform", "quniform", "loguniform")
+# the numbers each numeric type takes, in order
+_BOUNDS = {
+    "uniform": ("low", "high"),
+    "loguniform": ("low", "high"),
+    "quniform": ("low", "high", "q"),
+}
 
 
 def hyper_file(name: str = "paper_grid") -> Path:
@@ -67,9 +73,15 @@ def read_params_file(path: str | os.PathLike) -> dict[str, tuple[str, list]]:
             name, param_type, text = words[0], words[1], "".join(words[2:])
             try:
                 if param_type == "choice":
-                    values = list(ast.literal_eval(text))
+                    values = ast.literal_eval(text)
+                    if not isinstance(values, (list, tuple)) or not values:
+                        raise ValueError("choice takes a non-empty list, e.g. [0.1,0.2]")
+                    values = list(values)
                 elif param_type in PARAM_TYPES:
                     values = [float(value) for value in text.split(",")]
+                    expected = _BOUNDS[param_type]
+                    if len(values) != len(expected):
+                        raise ValueError(f"{param_type} takes {','.join(expected)}")
                 else:
                     raise ValueError(f"type [{param_type}] is not one of {list(PARAM_TYPES)}")
             except (ValueError, SyntaxError) as error:

@@ -181,6 +181,11 @@ def test_a_run_cut_off_continues_from_its_last_checkpoint(tmp_path, monkeypatch)
     assert (state / "last.pth").is_file() and (state / "best.pth").is_file()
     assert not (tmp_path / "out" / "paper_table_tiny.csv").exists()
 
+    # the saved state belongs to these settings: another epoch cap is refused, by name
+    other = tiny_args(tmp_path, ["HSTU"], epochs=5, extra=["--eval_every_steps", "1"])
+    with pytest.raises(ValueError, match=r"other settings \(epochs: \[4\] there, \[5\] now"):
+        paper_table.main(other)
+
     started = []
 
     def recording(trainer_class):
@@ -224,6 +229,36 @@ def test_time_limit_validates_and_stops_at_the_last_epoch_that_fits(tmp_path, mo
     # an uncapped run of the same length says why it ended
     (row,) = paper_table.main([*tiny_args(tmp_path / "b", ["LRURec"], epochs=2)])
     assert row["stopped_by"] == "epoch cap" and row["epochs"] == "2"
+
+
+def test_time_limit_counts_from_the_first_start_across_a_resume(tmp_path, monkeypatch):
+    # 10 s per epoch and a 25 s limit: an uninterrupted run trains 2 epochs (test above); cut
+    # off in its second validation and resumed, it must not get a fresh 25 s
+    clock = [0.0]
+    monkeypatch.setattr(paper_table.time, "perf_counter", lambda: clock[0])
+    timed = paper_table.timed_trainer
+    cut_off = [True]
+
+    def slow_epochs(trainer_class):
+        class Slow(trainer_class):
+            def _train_epoch(self, *args, **kwargs):
+                clock[0] += 10.0
+                return super()._train_epoch(*args, **kwargs)
+
+            def _valid_epoch(self, *args, **kwargs):
+                if cut_off[0] and self.last_epoch == 1:
+                    raise KeyboardInterrupt
+                return super()._valid_epoch(*args, **kwargs)
+
+        return timed(Slow)
+
+    monkeypatch.setattr(paper_table, "timed_trainer", slow_epochs)
+    args = tiny_args(tmp_path, ["LRURec"], epochs=6, extra=["--eval_every_steps", "1"])
+    with pytest.raises(KeyboardInterrupt):
+        paper_table.main([*args, "--time_limit_s", "25"])
+    cut_off[0] = False
+    (row,) = paper_table.main([*args, "--time_limit_s", "25"])
+    assert row["stopped_by"] == "time limit" and row["epochs"] == "2" and row["resumed"] == "1"
 
 
 def test_jobs_train_models_side_by_side_into_one_table(tmp_path):

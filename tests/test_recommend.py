@@ -18,7 +18,8 @@ from recbole_hyena.checkpoint import load_bundle, load_model
 from recbole_hyena.config import Config
 from recbole_hyena.data import create_dataset, data_preparation
 from recbole_hyena.quick_start import run_recbole_hyena
-from recbole_hyena.recommend import Recommender, main
+from recbole_hyena.recommend import Recommender, main, reads_time_list
+from tests.conftest import build_model
 
 MAX_LEN = 10
 N_USERS, N_ITEMS = 30, 25
@@ -246,6 +247,9 @@ def test_unknown_tokens_are_skipped_and_reported(trained, recommender, caplog):
 
     known, unknown = recommender.recommend_users(["user-2", "user-404"])
     assert known.items and unknown.items == [] and unknown.note == "unknown user"
+    (only_unknown,) = recommender.recommend_users(["user-404"])
+    assert only_unknown.items == [] and only_unknown.note == "unknown user"
+    assert recommender.recommend_users([]) == []
 
 
 def test_command_line_writes_csv_and_jsonl(trained, recommender, tmp_path):
@@ -295,3 +299,10 @@ def test_gpu_matches_cpu(trained, recommender):
         rtol=1e-4,
         atol=1e-4,
     )
+
+
+def test_models_that_read_event_times_are_recognised():
+    """Bundles store no times: the recommender warns for the models that would read them."""
+    assert reads_time_list(build_model("HSTU")) and reads_time_list(build_model("HyTRec"))
+    assert not reads_time_list(build_model("HSTU", time_bias=False))
+    assert not reads_time_list(build_model("HyenaRec"))

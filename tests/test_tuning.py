@@ -56,6 +56,21 @@ def test_params_file_errors_name_the_line(tmp_path):
         hyper_file("no_such_grid")
 
 
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("hidden_dropout_prob choice 0.5", "non-empty list"),
+        ("learning_rate uniform 0.001", "uniform takes low,high"),
+        ("learning_rate loguniform -9,-5,1", "loguniform takes low,high"),
+        ("n_layers quniform 1,4", "quniform takes low,high,q"),
+    ],
+)
+def test_malformed_values_are_refused_with_file_and_line(tmp_path, line, message):
+    path = write_grid(tmp_path / "bad.hyper", ["weight_decay choice [0.0,0.01]", line])
+    with pytest.raises(ValueError, match=rf"bad\.hyper, line 2 .*{message}"):
+        read_params_file(path)
+
+
 def test_grid_search_runs_every_point_and_survives_a_failing_trial(tmp_path):
     config_dict = write_tiny_dataset(tmp_path / "data")
     # dropout 1.5 is refused by torch: those two trials fail, the other two must still be kept.
