@@ -39,6 +39,7 @@ import torch
 from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import EvaluatorType, InputType, ModelType, set_color
 
+from recbole_hyena.data.dataset import recbole_event_order
 from recbole_hyena.trainer.trainer import load_checkpoint, plain_config
 from recbole_hyena.utils import get_model
 
@@ -248,17 +249,16 @@ class ModelBundle:
 def user_histories(dataset, n_users: int) -> dict[str, torch.Tensor]:
     """Every user's item ids in time order, flat, with offsets (``n_users + 1``).
 
-    The order is RecBole's: a stable sort by time, then a stable sort by user, as
-    ``SequentialDataset.data_augmentation`` does, so equal timestamps keep the file's order.
+    The order is RecBole's (``recbole_event_order``), the one the model was trained and
+    evaluated in.
     """
     inter = dataset.inter_feat
-    users = inter[dataset.uid_field].numpy()
-    items = inter[dataset.iid_field].numpy()
-    if dataset.time_field is not None and dataset.time_field in inter:
-        by_time = np.argsort(inter[dataset.time_field].numpy(), kind="stable")
-        users, items = users[by_time], items[by_time]
-    by_user = np.argsort(users, kind="stable")
-    users, items = users[by_user], items[by_user]
+    has_time = dataset.time_field is not None and dataset.time_field in inter
+    order = recbole_event_order(
+        inter[dataset.uid_field].numpy(), inter[dataset.time_field] if has_time else None
+    )
+    users = inter[dataset.uid_field].numpy()[order]
+    items = inter[dataset.iid_field].numpy()[order]
     offsets = np.zeros(n_users + 1, dtype=np.int64)
     np.cumsum(np.bincount(users, minlength=n_users), out=offsets[1:])
     return {

@@ -69,10 +69,7 @@ class LongHistoryDataset(SequentialDataset):
         self._aug_presets()  # registers the <field>_list fields, as RecBole does
         self._check_field("uid_field", "time_field")
         users = self.inter_feat[self.uid_field].numpy()
-        # RecBole's order: a stable sort by user and float32 time (events less than 64 s apart
-        # can tie, and keep their file order); the samples stay RecBole's, the times exact.
-        float32_times = self.inter_feat[self.time_field].float().numpy()
-        order = np.lexsort((np.arange(len(users)), float32_times, users))
+        order = recbole_event_order(users, self.inter_feat[self.time_field])
         self.inter_feat = self.inter_feat[torch.from_numpy(order)]
         users = users[order]
         is_first = np.ones(len(users), dtype=bool)
@@ -211,6 +208,18 @@ class LongHistoryDataset(SequentialDataset):
         if self.input_start is not None:
             info += f"\nThe number of samples ({'windows' if self.autoregressive else 'prefixes'}): {len(self)}"
         return info
+
+
+def recbole_event_order(users: np.ndarray, times: torch.Tensor | None) -> np.ndarray:
+    """The permutation that puts interactions in ``SequentialDataset``'s order: a stable sort by
+    user, then by time as float32, the precision RecBole stores it in (events less than 64 s
+    apart at epoch seconds tie there and keep their file order). Sorting exact float64 times
+    instead would reorder such events and change RecBole's samples."""
+    keys = [np.arange(len(users))]
+    if times is not None:
+        keys.append(times.float().numpy())
+    keys.append(users)
+    return np.lexsort(keys)
 
 
 def _concat_ranges(starts: np.ndarray, stops: np.ndarray) -> np.ndarray:

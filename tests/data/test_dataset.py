@@ -161,6 +161,13 @@ def _write_inter(folder, name: str, rows: list[tuple[int, int, float]], suffix: 
     (data_folder / f"{name}.{suffix}").write_text("\n".join(lines) + "\n")
 
 
+def _write_small(folder) -> None:
+    """8 users, each rating items 1..8 in order."""
+    _write_inter(
+        folder, "small", [(u, i, t) for u in range(1, 9) for t, i in enumerate(range(1, 9))]
+    )
+
+
 _NO_FILTERS = {"item_inter_num_interval": None, "user_inter_num_interval": None}
 
 
@@ -182,9 +189,7 @@ def test_time_gaps_of_epoch_seconds_survive_loading(tmp_path):
 
 def test_sampled_evaluation_takes_recboles_path(tmp_path):
     """uni/pop evaluation scores RecBole's per-interaction samples, which its own loaders build."""
-    _write_inter(
-        tmp_path, "small", [(u, i, t) for u in range(1, 9) for t, i in enumerate(range(1, 9))]
-    )
+    _write_small(tmp_path)
     eval_args = {
         "split": {"LS": "valid_and_test"},
         "order": "TO",
@@ -211,9 +216,7 @@ def test_sampled_evaluation_takes_recboles_path(tmp_path):
 
 def test_fearec_keeps_recboles_augmented_rows(tmp_path):
     """FEARec's loss reads RecBole's per-interaction rows, which only the stock path stores."""
-    _write_inter(
-        tmp_path, "small", [(u, i, t) for u in range(1, 9) for t, i in enumerate(range(1, 9))]
-    )
+    _write_small(tmp_path)
     config, (train, _, _) = prepare(
         model="FEARec", dataset="small", data_path=str(tmp_path), history_mask=False, **_NO_FILTERS
     )
