@@ -15,7 +15,9 @@ A bundle is a ``torch.save`` of a dict of tensors and plain data, so that
 - ``item_tokens``: the item token of every internal id (``item_tokens[0]`` is ``[PAD]``);
 - ``user_tokens`` and ``history`` (optional): every user's token and time-ordered item ids, stored
   flat (``history["items"]``) with ``history["offsets"]`` so that user ``u``'s items are
-  ``items[offsets[u]:offsets[u + 1]]``; this lets ``recommend`` serve training users by token;
+  ``items[offsets[u]:offsets[u + 1]]``, and, when the data set has a time field, the events'
+  times (``history["times"]``, float64, aligned with ``items``); this lets ``recommend`` serve
+  training users by token, time-aware models (HSTU, HyTRec) with the times they were trained on;
 - ``state_dict`` and ``other_parameter``: the weights;
 - ``sha256``: a digest of all of the above, so that a file changed after it was written (a flipped
   byte in the weights, say) is refused rather than served.
@@ -154,6 +156,11 @@ class ModelBundle:
         offsets = self.history["offsets"]
         return self.history["items"][offsets[user_id] : offsets[user_id + 1]].long()
 
+    @property
+    def has_times(self) -> bool:
+        """Whether the stored histories carry their events' times."""
+        return self.history is not None and self.history.get("times") is not None
+
     @classmethod
     def from_model(
         cls,
@@ -247,7 +254,8 @@ class ModelBundle:
 
 
 def user_histories(dataset, n_users: int) -> dict[str, torch.Tensor]:
-    """Every user's item ids in time order, flat, with offsets (``n_users + 1``).
+    """Every user's item ids in time order, flat, with offsets (``n_users + 1``), and their
+    times (float64) when the data set has a time field.
 
     The order is RecBole's (``recbole_event_order``), the one the model was trained and
     evaluated in.
@@ -261,10 +269,14 @@ def user_histories(dataset, n_users: int) -> dict[str, torch.Tensor]:
     items = inter[dataset.iid_field].numpy()[order]
     offsets = np.zeros(n_users + 1, dtype=np.int64)
     np.cumsum(np.bincount(users, minlength=n_users), out=offsets[1:])
-    return {
+    history = {
         "items": torch.from_numpy(items.astype(np.int32)),
         "offsets": torch.from_numpy(offsets),
     }
+    if has_time:
+        times = inter[dataset.time_field].numpy().astype(np.float64)[order]
+        history["times"] = torch.from_numpy(times)
+    return history
 
 
 def _digest(state: dict) -> str:
@@ -340,6 +352,14 @@ def load_bundle(path: str) -> ModelBundle:
         n_users = len(state.get("user_tokens") or [])
         if len(history["offsets"]) != n_users + 1:
             raise BundleError(f"{path}: history offsets do not match the {n_users} user tokens")
+        times = history.get("times")
+        if times is not None and (
+            times.shape != history["items"].shape or not times.is_floating_point()
+        ):
+            raise BundleError(
+                f"{path}: history times ({times.dtype}, {tuple(times.shape)}) do not match the "
+                f"{len(history['items'])} history items"
+            )
     return ModelBundle(
         model=state["model"],
         config=state["config"],

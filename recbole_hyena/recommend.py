@@ -6,7 +6,13 @@ Top-k item recommendations from a model bundle (``recbole_hyena.checkpoint``), f
 
 - users of the training data, by token: the bundle stores each user's full time-ordered history
   (training, validation and test items), so no data set is needed at serving time;
-- any sequence of item tokens, oldest first (a new user, or a history that has moved on).
+- any sequence of item tokens, oldest first (a new user, or a history that has moved on),
+  optionally with the events' times.
+
+Models that read event times (HSTU's time bias, HyTRec's time terms) get them as in training:
+from the bundle for its users (bundles written since times were stored), from ``times`` for
+sequences. Without times such a model sees positions only, which can rank differently from its
+own evaluation; a warning says so.
 
 The model sees the last ``MAX_ITEM_LIST_LENGTH`` items of a history, padded as in training, and
 ranks the whole catalogue with its own ``full_sort_predict``. Items of the history (all of it, not
@@ -31,7 +37,9 @@ Command line (CSV to stdout unless ``--output`` names a ``.csv`` or ``.jsonl`` f
 
 A sequences file is JSONL, one ``{"id": ..., "items": [token, ...]}`` object (or a bare JSON list,
 whose id is its line number) per line, or CSV with an ``id`` and an ``items`` column, the items
-separated by spaces.
+separated by spaces. An optional ``times`` entry (a list, or a CSV column of space-separated
+numbers, in the units of the training data's time field) gives each item's time; either every
+sequence of a file has one or none does.
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import os
 import sys
 import time
@@ -111,12 +120,10 @@ class Recommender:
         self.item_seq_len_field = bundle.fields["ITEM_SEQ_LEN"]
         self.max_seq_length = bundle.max_seq_length
         self.trim_padding = self._padding_invariant() if trim_padding is None else trim_padding
-        if reads_time_list(self.model):
-            logger.warning(
-                f"{bundle.model} reads event times ([{self.model.TIME_SEQ}]), which bundles do "
-                "not store: its recommendations here see positions only and can differ from "
-                "its own evaluation"
-            )
+        # The interaction field a time-aware model reads; None for models that ignore times.
+        self.time_seq_field = self.model.TIME_SEQ if reads_time_list(self.model) else None
+        if self.time_seq_field and bundle.history is not None and not bundle.has_times:
+            self._warn_positions_only("this bundle stores no event times")
 
     @classmethod
     def from_file(
@@ -153,10 +160,12 @@ class Recommender:
             [user_ids[user] for user in users if user in user_ids], dtype=torch.long
         )
         offsets = self.bundle.history["offsets"]
-        flat, flat_offsets = _gather_rows(
-            self.bundle.history["items"], offsets[known], offsets[known + 1]
-        )
-        ranked = iter(self._rank(flat, flat_offsets, k, exclude_history))
+        begin, end = offsets[known], offsets[known + 1]
+        flat, flat_offsets = _gather_rows(self.bundle.history["items"], begin, end)
+        flat_times = None
+        if self.time_seq_field and self.bundle.has_times:
+            flat_times, _ = _gather_rows(self.bundle.history["times"], begin, end)
+        ranked = iter(self._rank(flat, flat_offsets, k, exclude_history, flat_times))
         return [
             Recommendation(user, *next(ranked))
             if user in user_ids
@@ -169,23 +178,34 @@ class Recommender:
         sequences: Iterable[Sequence[str]] | Mapping[str, Sequence[str]],
         k: int = 10,
         exclude_history: bool = True,
+        times: Iterable[Sequence[float]] | Mapping[str, Sequence[float]] | None = None,
     ) -> list[Recommendation]:
         """Top-k after each sequence of item tokens (oldest first). A mapping's keys, else the
-        sequences' positions (0, 1, ...), become the ``key`` of each recommendation."""
+        sequences' positions (0, 1, ...), become the ``key`` of each recommendation.
+
+        ``times`` (optional) gives each item's time, in the training data's units: a list
+        parallel to ``sequences``, or a mapping with the same keys. Only models that read event
+        times use them."""
         if isinstance(sequences, Mapping):
             keyed = [(str(key), sequence) for key, sequence in sequences.items()]
         else:
             keyed = [(str(position), sequence) for position, sequence in enumerate(sequences)]
+        times_per_row = _times_per_row(keyed, times)
+        if times_per_row is None and self.time_seq_field:
+            self._warn_positions_only("no times came with the sequences")
         item_ids = self.bundle.item_ids
-        rows, unknown_per_row = [], []
-        for _, sequence in keyed:
+        rows, row_times, unknown_per_row = [], [], []
+        for row_number, (_, sequence) in enumerate(keyed):
             if isinstance(sequence, str):
                 raise TypeError(
                     f"a sequence must be a list of item tokens, got the string {sequence!r}"
                 )
             tokens = [str(token) for token in sequence]
-            rows.append([item_ids[token] for token in tokens if token in item_ids])
-            unknown_per_row.append([token for token in tokens if token not in item_ids])
+            known = [token in item_ids for token in tokens]
+            rows.append([item_ids[token] for token, ok in zip(tokens, known) if ok])
+            unknown_per_row.append([token for token, ok in zip(tokens, known) if not ok])
+            if times_per_row is not None:
+                row_times.append([t for t, ok in zip(times_per_row[row_number], known) if ok])
         _report_unknown_items(keyed, unknown_per_row)
 
         scored = [row for row in rows if row]
@@ -193,7 +213,12 @@ class Recommender:
         flat = torch.tensor([item for row in scored for item in row], dtype=torch.long)
         offsets = torch.zeros(len(scored) + 1, dtype=torch.long)
         torch.cumsum(lengths, dim=0, out=offsets[1:])
-        ranked = iter(self._rank(flat, offsets, k, exclude_history))
+        flat_times = None
+        if times_per_row is not None and self.time_seq_field:
+            flat_times = torch.tensor(
+                [t for row, ts in zip(rows, row_times) if row for t in ts], dtype=torch.float64
+            )
+        ranked = iter(self._rank(flat, offsets, k, exclude_history, flat_times))
         results = []
         for (key, _), row, unknown in zip(keyed, rows, unknown_per_row):
             if row:
@@ -204,11 +229,22 @@ class Recommender:
                 )
         return results
 
+    def _warn_positions_only(self, reason: str) -> None:
+        logger.warning(
+            f"{self.bundle.model} reads event times ([{self.time_seq_field}]) but {reason}: its "
+            "recommendations here see positions only and can differ from its own evaluation"
+        )
+
     @torch.no_grad()
-    def _scores(self, item_seq: torch.Tensor, seq_len: torch.Tensor) -> torch.Tensor:
-        """``full_sort_predict`` of right-padded sequences, in float32: ``[B, n_items]``."""
-        interaction = Interaction({self.item_seq_field: item_seq, self.item_seq_len_field: seq_len})
-        return self.model.full_sort_predict(interaction.to(self.device)).float()
+    def _scores(
+        self, item_seq: torch.Tensor, seq_len: torch.Tensor, time_seq: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``full_sort_predict`` of right-padded sequences (and their times, when given), in
+        float32: ``[B, n_items]``."""
+        fields = {self.item_seq_field: item_seq, self.item_seq_len_field: seq_len}
+        if time_seq is not None:
+            fields[self.time_seq_field] = time_seq
+        return self.model.full_sort_predict(Interaction(fields).to(self.device)).float()
 
     def _padding_invariant(self) -> bool:
         """Whether the model scores a history padded to less than ``MAX_ITEM_LIST_LENGTH`` as it
@@ -230,9 +266,15 @@ class Recommender:
         return bool(torch.allclose(padded, trimmed, rtol=1e-4, atol=tolerance))
 
     def _rank(
-        self, flat: torch.Tensor, offsets: torch.Tensor, k: int, exclude_history: bool
+        self,
+        flat: torch.Tensor,
+        offsets: torch.Tensor,
+        k: int,
+        exclude_history: bool,
+        flat_times: torch.Tensor | None = None,
     ) -> list[tuple[list[str], list[float]]]:
-        """Top-k (tokens, scores) of each history ``flat[offsets[i]:offsets[i + 1]]``."""
+        """Top-k (tokens, scores) of each history ``flat[offsets[i]:offsets[i + 1]]``, whose
+        events happened at ``flat_times`` (same layout) when given."""
         n_rows = len(offsets) - 1
         k = max(0, min(k, self.bundle.n_items - 1))
         if n_rows == 0 or k == 0 or len(flat) == 0:
@@ -258,8 +300,12 @@ class Recommender:
             end = offsets[rows + 1]
             index = (end - batch_len).unsqueeze(1) + positions  # [B, width]
             valid = positions < batch_len.unsqueeze(1)
-            item_seq = torch.where(valid, flat[index.clamp(min=0, max=len(flat) - 1)], 0)
-            scores = self._scores(item_seq, batch_len)  # [B, n_items]
+            index = index.clamp(min=0, max=len(flat) - 1)
+            item_seq = torch.where(valid, flat[index], 0)
+            time_seq = None
+            if flat_times is not None:  # padded with 0, as RecBole pads its time lists
+                time_seq = torch.where(valid, flat_times.double()[index], 0.0)
+            scores = self._scores(item_seq, batch_len, time_seq)  # [B, n_items]
             scores[:, 0] = -torch.inf  # the padding id is no item
             scores[(history_length[rows] == 0).to(self.device)] = -torch.inf
             if exclude_history:
@@ -286,7 +332,39 @@ def _gather_rows(
     offsets = torch.zeros(len(lengths) + 1, dtype=torch.long)
     torch.cumsum(lengths, dim=0, out=offsets[1:])
     within = torch.arange(int(offsets[-1])) - torch.repeat_interleave(offsets[:-1], lengths)
-    return flat[torch.repeat_interleave(begin.long(), lengths) + within].long(), offsets
+    gathered = flat[torch.repeat_interleave(begin.long(), lengths) + within]
+    return (gathered if gathered.is_floating_point() else gathered.long()), offsets
+
+
+def _times_per_row(
+    keyed: list[tuple[str, Sequence[str]]],
+    times: Iterable[Sequence[float]] | Mapping[str, Sequence[float]] | None,
+) -> list[list[float]] | None:
+    """``times`` aligned with ``keyed`` (one float list per sequence, as long as it), or None."""
+    if times is None:
+        return None
+    if isinstance(times, Mapping):
+        by_key = {str(key): value for key, value in times.items()}
+        missing = [key for key, _ in keyed if key not in by_key]
+        if missing:
+            raise ValueError(f"times are missing for sequence(s) {missing[:_SHOW_AT_MOST]}")
+        rows = [by_key[key] for key, _ in keyed]
+    else:
+        rows = list(times)
+        if len(rows) != len(keyed):
+            raise ValueError(f"{len(rows)} time lists for {len(keyed)} sequences")
+    aligned = []
+    for (key, sequence), row in zip(keyed, rows):
+        try:
+            values = [float(value) for value in row]
+        except (TypeError, ValueError):
+            raise ValueError(f"sequence {key}: times must be numbers, got {row!r}") from None
+        if len(values) != len(sequence):
+            raise ValueError(f"sequence {key}: {len(values)} times for {len(sequence)} items")
+        if not all(math.isfinite(value) for value in values):
+            raise ValueError(f"sequence {key}: times must be finite numbers")
+        aligned.append(values)
+    return aligned
 
 
 def _report_unknown_items(keyed: list, unknown_per_row: list[list[str]]) -> None:
@@ -300,18 +378,24 @@ def _report_unknown_items(keyed: list, unknown_per_row: list[list[str]]) -> None
     )
 
 
-def read_sequences(path: str) -> dict[str, list[str]]:
-    """Sequences from a JSONL file (``{"id", "items"}`` objects or bare lists) or a CSV file
-    (``id`` and ``items`` columns, items separated by spaces), keyed by id."""
+def read_sequences(path: str) -> tuple[dict[str, list[str]], dict[str, list[float]] | None]:
+    """Sequences from a JSONL file (``{"id", "items"}`` objects, optionally with ``times``, or
+    bare lists) or a CSV file (``id`` and ``items`` columns, optionally ``times``, values
+    separated by spaces), keyed by id; and their times, or None when the file has none."""
     sequences: dict[str, list[str]] = {}
+    times: dict[str, list[float]] = {}
     if path.endswith(".csv"):
         with open(path, newline="", encoding="utf-8") as file:
             reader = csv.DictReader(file)
             if reader.fieldnames is None or not {"id", "items"} <= set(reader.fieldnames):
                 raise ValueError(f"{path}: a CSV of sequences needs 'id' and 'items' columns")
-            for row in reader:
+            has_times = "times" in reader.fieldnames
+            for line_number, row in enumerate(reader, start=2):
                 sequences[row["id"]] = (row["items"] or "").split()
-        return sequences
+                if has_times:
+                    times[row["id"]] = _parse_times((row["times"] or "").split(), path, line_number)
+        return sequences, (times if has_times else None)
+    has_times: bool | None = None  # set by the first record
     with open(path, encoding="utf-8") as file:
         for line_number, line in enumerate(file, start=1):
             if not line.strip():
@@ -329,7 +413,25 @@ def read_sequences(path: str) -> dict[str, list[str]]:
                     f'{path}, line {line_number}: expected {{"id": ..., "items": [...]}} or a list'
                 )
             sequences[key] = [str(item) for item in items]
-    return sequences
+            record_times = record.get("times") if isinstance(record, dict) else None
+            if record_times is not None:
+                if not isinstance(record_times, list):
+                    raise ValueError(f"{path}, line {line_number}: 'times' must be a list")
+                times[key] = _parse_times(record_times, path, line_number)
+            if has_times is None:
+                has_times = record_times is not None
+            elif has_times != (record_times is not None):
+                raise ValueError(
+                    f"{path}, line {line_number}: either every sequence has 'times' or none does"
+                )
+    return sequences, (times if has_times else None)
+
+
+def _parse_times(values: list, path: str, line_number: int) -> list[float]:
+    try:
+        return [float(value) for value in values]
+    except (TypeError, ValueError):
+        raise ValueError(f"{path}, line {line_number}: times must be numbers") from None
 
 
 def write_recommendations(
@@ -393,8 +495,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if args.sequences:
             key_name = "id"
+            sequences, times = read_sequences(args.sequences)
             recommendations = recommender.recommend_sequences(
-                read_sequences(args.sequences), args.topk, exclude_history
+                sequences, args.topk, exclude_history, times
             )
         else:
             key_name = "user"

@@ -14,11 +14,12 @@ import pytest
 import torch
 from recbole.data.interaction import Interaction
 
-from recbole_hyena.checkpoint import load_bundle, load_model
+from recbole_hyena.checkpoint import ModelBundle, load_bundle, load_model
 from recbole_hyena.config import Config
 from recbole_hyena.data import create_dataset, data_preparation
 from recbole_hyena.quick_start import run_recbole_hyena
-from recbole_hyena.recommend import Recommender, main, reads_time_list
+from recbole_hyena.recommend import Recommender, main, read_sequences, reads_time_list
+from recbole_hyena.utils import get_model
 from tests.conftest import build_model
 
 MAX_LEN = 10
@@ -302,7 +303,142 @@ def test_gpu_matches_cpu(trained, recommender):
 
 
 def test_models_that_read_event_times_are_recognised():
-    """Bundles store no times: the recommender warns for the models that would read them."""
     assert reads_time_list(build_model("HSTU")) and reads_time_list(build_model("HyTRec"))
     assert not reads_time_list(build_model("HSTU", time_bias=False))
     assert not reads_time_list(build_model("HyenaRec"))
+
+
+def write_timed_dataset(folder: str) -> dict[str, tuple[list[str], list[float]]]:
+    """Histories at epoch seconds with gaps from seconds to weeks (float32 would round them)."""
+    rng = random.Random(1)
+    histories = {}
+    for u in range(1, 21):
+        time, items, times = 1.6e9 + rng.randint(0, 10**6), [], []
+        for _ in range(rng.randint(4, 18)):
+            time += rng.choice([1, 7, 45, 3600, 86400 * 9]) + rng.random()
+            items.append(f"item-{rng.randint(1, N_ITEMS)}")
+            times.append(time)
+        histories[f"user-{u}"] = (items, times)
+    os.makedirs(os.path.join(folder, "timed"), exist_ok=True)
+    with open(os.path.join(folder, "timed", "timed.inter"), "w", encoding="utf-8") as file:
+        file.write("user_id:token\titem_id:token\ttimestamp:float\n")
+        for user, (items, times) in histories.items():
+            file.writelines(f"{user}\t{item}\t{time:.6f}\n" for item, time in zip(items, times))
+    return histories
+
+
+@pytest.fixture(scope="module", params=["HSTU", "HyTRec"])
+def timed(request, tmp_path_factory):
+    """An untrained time-aware model (its time parameters made large, so that times move its
+    scores) on a data set with irregular gaps, its bundle and test batches."""
+    folder = tmp_path_factory.mktemp("timed")
+    histories = write_timed_dataset(str(folder))
+    config_dict = {
+        "data_path": str(folder),
+        "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
+        "MAX_ITEM_LIST_LENGTH": MAX_LEN,
+        "hidden_size": 16,
+        "use_gpu": False,
+        "checkpoint_dir": str(folder / "saved"),
+    }
+    config = Config(model=request.param, dataset="timed", config_dict=config_dict)
+    dataset = create_dataset(config)
+    _, _, test_data = data_preparation(config, dataset)
+    torch.manual_seed(0)
+    model = get_model(request.param)(config, dataset).eval()
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "time" in name or "gap" in name:
+                parameter.normal_(std=2.0)
+    bundle = ModelBundle.from_dataset(model, config, dataset)
+    return {"model": model, "bundle": bundle, "test_data": test_data, "histories": histories}
+
+
+def test_bundles_store_event_times_exactly(timed):
+    bundle = timed["bundle"]
+    assert bundle.has_times and bundle.history["times"].dtype == torch.float64
+    for user, (items, times) in timed["histories"].items():
+        user_id = bundle.user_ids[user]
+        offsets = bundle.history["offsets"]
+        stored = bundle.history["times"][offsets[user_id] : offsets[user_id + 1]]
+        assert [bundle.item_tokens[i] for i in bundle.user_history(user_id)] == items
+        torch.testing.assert_close(
+            stored, torch.tensor(times, dtype=torch.float64), rtol=0, atol=1e-5
+        )
+
+
+def test_time_aware_models_rank_as_in_their_evaluation(timed, caplog):
+    """The test batches' histories and times, through recommend_sequences, score as the
+    model's own ``full_sort_predict``; without the times they do not (and a warning says so)."""
+    model = timed["model"]
+    recommender = Recommender(timed["bundle"], "cpu", batch_size=5, trim_padding=False)
+    id_to_token = timed["bundle"].item_tokens
+    time_field = recommender.time_seq_field
+    assert time_field == model.TIME_SEQ
+    max_difference = 0.0
+    for interaction, *_ in timed["test_data"]:
+        with torch.no_grad():
+            scores = model.full_sort_predict(interaction)
+        scores[:, 0] = -torch.inf
+        top_scores, top_ids = torch.topk(scores, 5)
+        lengths = interaction[model.ITEM_SEQ_LEN].tolist()
+        sequences = [
+            [id_to_token[i] for i in row[:n]]
+            for row, n in zip(interaction[model.ITEM_SEQ].tolist(), lengths)
+        ]
+        times = [row[:n] for row, n in zip(interaction[time_field].tolist(), lengths)]
+        results = recommender.recommend_sequences(sequences, 5, exclude_history=False, times=times)
+        assert [r.items for r in results] == [
+            [id_to_token[i] for i in row] for row in top_ids.tolist()
+        ]
+        torch.testing.assert_close(torch.tensor([r.scores for r in results]), top_scores)
+        with caplog.at_level("WARNING"):
+            untimed = recommender.recommend_sequences(sequences, 5, exclude_history=False)
+        assert "reads event times" in caplog.text
+        difference = torch.tensor([r.scores for r in untimed]) - top_scores
+        max_difference = max(max_difference, float(difference.abs().max()))
+    assert max_difference > 1e-3
+
+
+def test_users_are_served_with_their_stored_times(timed):
+    recommender = Recommender(timed["bundle"], "cpu", batch_size=6, trim_padding=False)
+    histories = timed["histories"]
+    by_user = recommender.recommend_users(list(histories), k=6)
+    by_sequence = recommender.recommend_sequences(
+        {user: items for user, (items, _) in histories.items()},
+        k=6,
+        times={user: times for user, (_, times) in histories.items()},
+    )
+    assert [(r.items, r.scores) for r in by_user] == [(r.items, r.scores) for r in by_sequence]
+
+
+def test_times_go_through_the_command_line_and_bad_times_are_refused(timed, tmp_path):
+    recommender = Recommender(timed["bundle"], "cpu", trim_padding=False)
+    bundle_file = timed["bundle"].save(str(tmp_path / "timed.bundle.pt"))
+    items, times = timed["histories"]["user-4"]
+    expected = recommender.recommend_sequences([items], k=4, times=[times])[0].items
+    for name, text in {
+        "s.jsonl": json.dumps({"id": "a", "items": items, "times": times}) + "\n",
+        "s.csv": "id,items,times\na," + " ".join(items) + "," + " ".join(map(repr, times)) + "\n",
+    }.items():
+        (tmp_path / name).write_text(text)
+        output = str(tmp_path / "o.jsonl")
+        main([bundle_file, "--sequences", str(tmp_path / name), "-k", "4", "--output", output])
+        with open(output) as file:
+            assert json.loads(file.readline())["items"] == expected
+
+    with pytest.raises(ValueError, match="sequence a: 2 times for 3 items"):
+        recommender.recommend_sequences({"a": items[:3]}, times={"a": times[:2]})
+    with pytest.raises(ValueError, match=r"times are missing for sequence\(s\) \['b'\]"):
+        recommender.recommend_sequences({"a": items[:1], "b": items[:1]}, times={"a": times[:1]})
+    with pytest.raises(ValueError, match="sequence 0: times must be finite"):
+        recommender.recommend_sequences([items[:1]], times=[[float("nan")]])
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text(
+        json.dumps({"id": "a", "items": items[:1], "times": times[:1]})
+        + "\n"
+        + json.dumps({"id": "b", "items": items[:1]})
+        + "\n"
+    )
+    with pytest.raises(ValueError, match="mixed.jsonl, line 2: either every sequence has 'times'"):
+        read_sequences(str(mixed))
