@@ -180,6 +180,28 @@ def test_foreign_files_get_a_reason(tmp_path):
         load_bundle(str(tmp_path / "missing.bundle.pt"))
 
 
+def test_history_times_that_do_not_fit_the_items_are_refused(tmp_path):
+    model, config = make_model_and_config()
+    items = torch.tensor([3, 4, 5, 7], dtype=torch.int32)
+    offsets = torch.tensor([0, 0, 3, 4])
+    users = ["[PAD]", "ann", "bob"]
+    for times, reason in [
+        (torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64), "torch.float64, (3,)"),
+        (torch.tensor([1, 2, 3, 4]), "torch.int64, (4,)"),
+    ]:
+        history = {"items": items, "offsets": offsets, "times": times}
+        bundle = ModelBundle.from_model(model, config, item_tokens(), users, history)
+        path = bundle.save(str(tmp_path / "times.bundle.pt"))
+        with pytest.raises(BundleError, match="history times") as error:
+            load_bundle(path)
+        assert "times.bundle.pt" in str(error.value) and reason in str(error.value)
+    history = {"items": items, "offsets": offsets, "times": torch.arange(4.0).double()}
+    path = ModelBundle.from_model(model, config, item_tokens(), users, history).save(
+        str(tmp_path / "good.bundle.pt")
+    )
+    assert load_bundle(path).has_times
+
+
 def test_weights_of_another_shape_are_reported(tmp_path):
     model, config = make_model_and_config()
     bundle = ModelBundle.from_model(model, config, item_tokens())
