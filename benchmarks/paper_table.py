@@ -728,7 +728,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         type=int,
         default=1,
         help="models trained at the same time, each in its own process with cpu_count / jobs "
-        "threads (their times are then measured side by side, which the rows record)",
+        "threads (their times are then measured side by side, which the rows record); with "
+        "one model left to train it runs in this process on every core: to share the machine "
+        "with other jobs, set OMP_NUM_THREADS",
     )
     parser.add_argument("--concurrent_jobs", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument(
