@@ -262,10 +262,9 @@ def user_histories(dataset, n_users: int) -> dict[str, torch.Tensor]:
     """
     inter = dataset.inter_feat
     has_time = dataset.time_field is not None and dataset.time_field in inter
-    order = recbole_event_order(
-        inter[dataset.uid_field].numpy(), inter[dataset.time_field] if has_time else None
-    )
-    users = inter[dataset.uid_field].numpy()[order]
+    users = inter[dataset.uid_field].numpy()
+    order = recbole_event_order(users, inter[dataset.time_field] if has_time else None)
+    users = users[order]
     items = inter[dataset.iid_field].numpy()[order]
     offsets = np.zeros(n_users + 1, dtype=np.int64)
     np.cumsum(np.bincount(users, minlength=n_users), out=offsets[1:])

@@ -160,11 +160,11 @@ class Recommender:
             [user_ids[user] for user in users if user in user_ids], dtype=torch.long
         )
         offsets = self.bundle.history["offsets"]
-        begin, end = offsets[known], offsets[known + 1]
-        flat, flat_offsets = _gather_rows(self.bundle.history["items"], begin, end)
+        index, flat_offsets = _row_positions(offsets[known], offsets[known + 1])
+        flat = self.bundle.history["items"][index].long()
         flat_times = None
         if self.time_seq_field and self.bundle.has_times:
-            flat_times, _ = _gather_rows(self.bundle.history["times"], begin, end)
+            flat_times = self.bundle.history["times"][index]
         ranked = iter(self._rank(flat, flat_offsets, k, exclude_history, flat_times))
         return [
             Recommendation(user, *next(ranked))
@@ -280,6 +280,8 @@ class Recommender:
         if n_rows == 0 or k == 0 or len(flat) == 0:
             return [([], [])] * n_rows
         flat = flat.long()
+        if flat_times is not None:
+            flat_times = flat_times.double()
         history_length = offsets[1:] - offsets[:-1]
         # An empty history gets no items (its row is blanked below), but the model needs one.
         seq_len = history_length.clamp(min=1, max=self.max_seq_length)
@@ -304,12 +306,13 @@ class Recommender:
             item_seq = torch.where(valid, flat[index], 0)
             time_seq = None
             if flat_times is not None:  # padded with 0, as RecBole pads its time lists
-                time_seq = torch.where(valid, flat_times.double()[index], 0.0)
+                time_seq = torch.where(valid, flat_times[index], 0.0)
             scores = self._scores(item_seq, batch_len, time_seq)  # [B, n_items]
             scores[:, 0] = -torch.inf  # the padding id is no item
             scores[(history_length[rows] == 0).to(self.device)] = -torch.inf
             if exclude_history:
-                seen, seen_offsets = _gather_rows(flat, offsets[rows], end)
+                seen_index, seen_offsets = _row_positions(offsets[rows], end)
+                seen = flat[seen_index]
                 seen_rows = torch.repeat_interleave(
                     torch.arange(len(rows)), seen_offsets[1:] - seen_offsets[:-1]
                 )
@@ -324,16 +327,14 @@ class Recommender:
         return results
 
 
-def _gather_rows(
-    flat: torch.Tensor, begin: torch.Tensor, end: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows ``flat[begin[i]:end[i]]`` laid out one after another, with their offsets."""
+def _row_positions(begin: torch.Tensor, end: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The positions ``begin[i]:end[i]`` of every row laid out one after another (index a flat
+    tensor with them to gather the rows), and the rows' offsets in that layout."""
     lengths = (end - begin).long()
     offsets = torch.zeros(len(lengths) + 1, dtype=torch.long)
     torch.cumsum(lengths, dim=0, out=offsets[1:])
     within = torch.arange(int(offsets[-1])) - torch.repeat_interleave(offsets[:-1], lengths)
-    gathered = flat[torch.repeat_interleave(begin.long(), lengths) + within]
-    return (gathered if gathered.is_floating_point() else gathered.long()), offsets
+    return torch.repeat_interleave(begin.long(), lengths) + within, offsets
 
 
 def _times_per_row(
@@ -355,16 +356,22 @@ def _times_per_row(
             raise ValueError(f"{len(rows)} time lists for {len(keyed)} sequences")
     aligned = []
     for (key, sequence), row in zip(keyed, rows):
-        try:
-            values = [float(value) for value in row]
-        except (TypeError, ValueError):
-            raise ValueError(f"sequence {key}: times must be numbers, got {row!r}") from None
+        values = _as_times(row, f"sequence {key}")
         if len(values) != len(sequence):
             raise ValueError(f"sequence {key}: {len(values)} times for {len(sequence)} items")
-        if not all(math.isfinite(value) for value in values):
-            raise ValueError(f"sequence {key}: times must be finite numbers")
         aligned.append(values)
     return aligned
+
+
+def _as_times(values, where: str) -> list[float]:
+    """``values`` as finite floats; a ``ValueError`` that starts with ``where`` otherwise."""
+    try:
+        times = [float(value) for value in values]
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: times must be numbers, got {values!r}") from None
+    if not all(math.isfinite(time) for time in times):
+        raise ValueError(f"{where}: times must be finite numbers")
+    return times
 
 
 def _report_unknown_items(keyed: list, unknown_per_row: list[list[str]]) -> None:
@@ -393,7 +400,8 @@ def read_sequences(path: str) -> tuple[dict[str, list[str]], dict[str, list[floa
             for line_number, row in enumerate(reader, start=2):
                 sequences[row["id"]] = (row["items"] or "").split()
                 if has_times:
-                    times[row["id"]] = _parse_times((row["times"] or "").split(), path, line_number)
+                    where = f"{path}, line {line_number}"
+                    times[row["id"]] = _as_times((row["times"] or "").split(), where)
         return sequences, (times if has_times else None)
     has_times: bool | None = None  # set by the first record
     with open(path, encoding="utf-8") as file:
@@ -417,7 +425,7 @@ def read_sequences(path: str) -> tuple[dict[str, list[str]], dict[str, list[floa
             if record_times is not None:
                 if not isinstance(record_times, list):
                     raise ValueError(f"{path}, line {line_number}: 'times' must be a list")
-                times[key] = _parse_times(record_times, path, line_number)
+                times[key] = _as_times(record_times, f"{path}, line {line_number}")
             if has_times is None:
                 has_times = record_times is not None
             elif has_times != (record_times is not None):
@@ -425,13 +433,6 @@ def read_sequences(path: str) -> tuple[dict[str, list[str]], dict[str, list[floa
                     f"{path}, line {line_number}: either every sequence has 'times' or none does"
                 )
     return sequences, (times if has_times else None)
-
-
-def _parse_times(values: list, path: str, line_number: int) -> list[float]:
-    try:
-        return [float(value) for value in values]
-    except (TypeError, ValueError):
-        raise ValueError(f"{path}, line {line_number}: times must be numbers") from None
 
 
 def write_recommendations(

@@ -139,14 +139,16 @@ def test_synthetic_histories_plant_bursts_of_successors():
     assert successor.mean() > 0.3  # ~ burst share; a random walk alone almost never steps by +1
 
 
+_NO_FILTERS = {"item_inter_num_interval": None, "user_inter_num_interval": None}
+
+
 def test_synthetic_dataset_loads_with_the_long_history_path(tmp_path):
     write_synthetic_dataset(str(tmp_path), "synth", n_users=30, n_events=60, n_items=40)
     config, (train, valid, test) = prepare(
         dataset="synth",
         data_path=str(tmp_path),
         train_mode="autoregressive",
-        item_inter_num_interval=None,
-        user_inter_num_interval=None,
+        **_NO_FILTERS,
     )
     assert train._dataset.inter_num == 30 * 60
     assert len(test._dataset) == 30 and len(valid._dataset) == 30
@@ -166,9 +168,6 @@ def _write_small(folder) -> None:
     _write_inter(
         folder, "small", [(u, i, t) for u in range(1, 9) for t, i in enumerate(range(1, 9))]
     )
-
-
-_NO_FILTERS = {"item_inter_num_interval": None, "user_inter_num_interval": None}
 
 
 def test_time_gaps_of_epoch_seconds_survive_loading(tmp_path):
