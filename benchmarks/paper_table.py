@@ -15,7 +15,10 @@ For every model in ``--models`` (in order) on ``--dataset``:
   validation time, parameters;
 - written after each model, under ``--out``: ``paper_table_<dataset>.csv`` (one row per model,
   with the published figures, machine, versions, seed and settings), ``paper_table_<dataset>.md``
-  and ``paper_table_<dataset>.png`` (NDCG@10 and Recall@10, measured against published).
+  and ``paper_table_<dataset>.png`` (NDCG@10 and Recall@10, measured against published);
+  ``paper_table_<dataset>_validations.{csv,png}``: every validation of every model (epoch, each
+  metric, the long-history users' too), so that models stopped at different epochs (a time
+  limit, early stopping) can still be compared at equal training.
 
 Resumable: a model whose row is already in the CSV is skipped; a model whose training was cut
 off continues from the state saved after its last validation (``--state_dir``: the last
@@ -238,9 +241,12 @@ def read_rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(file))
 
 
-def write_rows(path: Path, rows: list[dict]) -> None:
+VALIDATION_COLUMNS = ["model", "dataset", "seed", "epoch", "recall@10", "long_recall@10"]
+
+
+def write_rows(path: Path, rows: list[dict], leading: list[str] = LEADING_COLUMNS) -> None:
     """All rows, with the union of their columns (new result keys add columns)."""
-    columns = list(LEADING_COLUMNS)
+    columns = list(leading)
     for row in rows:
         columns += [key for key in row if key not in columns]
     tmp = path.with_suffix(f".csv.{os.getpid()}.tmp")
@@ -396,6 +402,33 @@ def render_figure(rows: list[dict], dataset: str, path: Path) -> None:
     plt.close(figure)
 
 
+def render_curves(rows: list[dict], dataset: str, path: Path) -> None:
+    """Validation Recall@10 against epochs, one line per model (dashed: long-history users)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for model in dict.fromkeys(row["model"] for row in rows):
+        points = [row for row in rows if row["model"] == model]
+        epochs = [int(row["epoch"]) for row in points]
+        (line,) = axis.plot(epochs, [_number(row["recall@10"]) for row in points], marker="o")
+        long_users = [_number(row.get("long_recall@10")) for row in points]
+        if all(value is not None for value in long_users):
+            axis.plot(epochs, long_users, linestyle="--", color=line.get_color())
+        line.set_label(model)
+    axis.set_xlabel("epoch")
+    axis.set_ylabel("validation Recall@10 (dashed: top 10% by history length)")
+    axis.set_title(f"Validation on {dataset}")
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
 # --- one model ------------------------------------------------------------------------------------
 
 
@@ -462,9 +495,10 @@ def train_and_test(
     eval_every_steps: int,
     time_limit_s: float = 0.0,
     concurrent_jobs: int = 1,
-) -> dict:
+) -> tuple[dict, list[dict]]:
     """Train ``model`` (continuing from ``state_dir`` if a previous run was cut off), test its
-    best checkpoint, and return its CSV row.
+    best checkpoint, and return its CSV row and its validations (epoch and every metric of each,
+    kept in ``progress.json`` across resumes).
 
     ``time_limit_s`` (> 0): when another training epoch, as long as the last one, would end
     more than that many seconds after this call began, validate after this epoch and stop
@@ -546,6 +580,8 @@ def train_and_test(
             best_epoch = epoch_idx
         # the state to continue from if the run is cut off (optimizer, early-stopping counter)
         trainer._save_checkpoint(epoch_idx, verbose=False, saved_model_file=str(last_file))
+        validation = {"epoch": epoch_idx + 1, **_plain(trainer.last_valid_result)}
+        progress.setdefault("validations", []).append(validation)
         save_progress(finished=False)
         if trainer.time_is_up:
             raise _TimeLimitReached
@@ -603,7 +639,11 @@ def train_and_test(
         "overrides": json.dumps(overrides, sort_keys=True, default=str) if overrides else "",
         "finished_at": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
-    return row
+    validations = [
+        {"model": model, "dataset": dataset, "seed": config["seed"], **validation}
+        for validation in progress.get("validations", [])
+    ]
+    return row, validations
 
 
 # Overrides that do not change what a model learns: a run may resume under other values.
@@ -751,6 +791,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     csv_path = out / f"paper_table_{args.dataset}.csv"
+    curves_path = out / f"paper_table_{args.dataset}_validations.csv"
     rows = read_rows(csv_path)
     pending = [
         model
@@ -765,7 +806,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         pending = []  # trained by the child processes, whose rows are in the table now
     for model in pending:
         started = time.perf_counter()
-        row = train_and_test(
+        row, validations = train_and_test(
             model,
             args.dataset,
             overrides,
@@ -783,6 +824,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
             ]
             write_rows(csv_path, [*rows, row])
             rows = read_rows(csv_path)  # one representation for every row
+            curves = [
+                other
+                for other in read_rows(curves_path)
+                if not (other["model"] == model and other["dataset"] == args.dataset)
+            ]
+            write_rows(curves_path, [*curves, *validations], leading=VALIDATION_COLUMNS)
+            render_curves(read_rows(curves_path), args.dataset, curves_path.with_suffix(".png"))
             (out / f"paper_table_{args.dataset}.md").write_text(
                 render_markdown(rows, args.dataset), encoding="utf-8"
             )

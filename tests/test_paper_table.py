@@ -155,6 +155,17 @@ def test_two_models_train_and_write_table_with_every_reported_metric(tmp_path, m
     markdown = (tmp_path / "out" / "paper_table_tiny.md").read_text()
     assert "| LRURec | " in markdown and "| STAMP | " in markdown
     assert (tmp_path / "out" / "paper_table_tiny.png").stat().st_size > 0
+    # every validation of every model, for comparisons at equal epochs
+    validations = read_csv(tmp_path / "out" / "paper_table_tiny_validations.csv")
+    assert [(row["model"], row["epoch"]) for row in validations] == [
+        ("LRURec", "1"),
+        ("STAMP", "1"),
+    ]
+    for row in validations:
+        assert 0 <= float(row["recall@10"]) <= 1 and row["seed"] == "2020"
+    best = {row["model"]: row["valid_recall@10"] for row in written}
+    assert {row["model"]: row["recall@10"] for row in validations} == best
+    assert (tmp_path / "out" / "paper_table_tiny_validations.png").stat().st_size > 0
 
     # a second run skips both models
     monkeypatch.setattr(paper_table, "train_and_test", lambda *args: pytest.fail("retrained"))
@@ -199,6 +210,9 @@ def test_a_run_cut_off_continues_from_its_last_checkpoint(tmp_path, monkeypatch)
     monkeypatch.setattr(paper_table, "timed_trainer", recording)
     (row,) = paper_table.main(args)
     assert started == [2, 3]  # epochs 0 and 1 were validated and saved before the cut
+    # the validations before the cut are kept, none twice
+    validations = read_csv(tmp_path / "out" / "paper_table_tiny_validations.csv")
+    assert [row["epoch"] for row in validations] == ["1", "2", "3", "4"]
     # rows come back as the CSV holds them
     assert row["epochs"] == "4" and row["resumed"] == "1"
     assert float(row["train_time_s"]) > 0

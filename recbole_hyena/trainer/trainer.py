@@ -122,13 +122,13 @@ class SafeCheckpointMixin:
 
     def _valid_epoch(self, valid_data, show_progress=False):
         valid_score, valid_result = super()._valid_epoch(valid_data, show_progress=show_progress)
-        self._last_valid_result = valid_result
+        self.last_valid_result = valid_result  # every metric of the latest validation
         return valid_score, valid_result
 
     def _checkpoint_valid_result(self):
         # RecBole's fit saves a checkpoint when an evaluation improves, and only then updates
         # best_valid_result: the new best is the evaluation just made.
-        last = getattr(self, "_last_valid_result", None)
+        last = getattr(self, "last_valid_result", None)
         if (
             last is not None
             and calculate_valid_score(last, self.valid_metric) == self.best_valid_score
