@@ -234,14 +234,15 @@ def _exclusive(path: Path):
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+# every validation of every model (paper_table_<dataset>_validations.csv); other metrics follow
+VALIDATION_COLUMNS = ["model", "dataset", "seed", "epoch", "recall@10", "long_recall@10"]
+
+
 def read_rows(path: Path) -> list[dict[str, str]]:
     if not path.is_file():
         return []
     with path.open(newline="", encoding="utf-8") as file:
         return list(csv.DictReader(file))
-
-
-VALIDATION_COLUMNS = ["model", "dataset", "seed", "epoch", "recall@10", "long_recall@10"]
 
 
 def write_rows(path: Path, rows: list[dict], leading: list[str] = LEADING_COLUMNS) -> None:
@@ -256,6 +257,21 @@ def write_rows(path: Path, rows: list[dict], leading: list[str] = LEADING_COLUMN
         for row in rows:
             writer.writerow({key: _cell(row.get(key)) for key in columns})
     os.replace(tmp, path)  # a run cut off while writing leaves the previous table intact
+
+
+def replace_model_rows(
+    path: Path, model: str, dataset: str, new_rows: list[dict], leading: list[str] = LEADING_COLUMNS
+) -> list[dict[str, str]]:
+    """Replace ``model``'s rows on ``dataset`` in the CSV at ``path`` by ``new_rows`` and return
+    all its rows as read back (one representation for every row). The file is re-read first:
+    another run sharing ``--out`` may have written rows since (call under ``_exclusive``)."""
+    kept = [
+        other
+        for other in read_rows(path)
+        if not (other["model"] == model and other["dataset"] == dataset)
+    ]
+    write_rows(path, [*kept, *new_rows], leading)
+    return read_rows(path)
 
 
 def _cell(value) -> str:
@@ -372,13 +388,22 @@ def _side_by_side(jobs) -> str:
     )
 
 
-def render_figure(rows: list[dict], dataset: str, path: Path) -> None:
+def _pyplot():
+    """matplotlib's pyplot on a file-only backend, or None without matplotlib (the tables are
+    the result; the figures are a convenience)."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-    except ImportError:  # the table is the result; the figure is a convenience
+    except ImportError:
+        return None
+    return plt
+
+
+def render_figure(rows: list[dict], dataset: str, path: Path) -> None:
+    plt = _pyplot()
+    if plt is None:
         return
     models = [row["model"] for row in rows]
     figure, axes = plt.subplots(1, 2, figsize=(max(6, 1.2 * len(models) + 2), 4), squeeze=False)
@@ -404,12 +429,8 @@ def render_figure(rows: list[dict], dataset: str, path: Path) -> None:
 
 def render_curves(rows: list[dict], dataset: str, path: Path) -> None:
     """Validation Recall@10 against epochs, one line per model (dashed: long-history users)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = _pyplot()
+    if plt is None:
         return
     figure, axis = plt.subplots(figsize=(6, 4))
     for model in dict.fromkeys(row["model"] for row in rows):
@@ -816,21 +837,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
             args.concurrent_jobs,
         )
         with _exclusive(csv_path):
-            # re-read first: another run (another model, same --out) may have written a row
-            rows = [
-                other
-                for other in read_rows(csv_path)
-                if not (other["model"] == model and other["dataset"] == args.dataset)
-            ]
-            write_rows(csv_path, [*rows, row])
-            rows = read_rows(csv_path)  # one representation for every row
-            curves = [
-                other
-                for other in read_rows(curves_path)
-                if not (other["model"] == model and other["dataset"] == args.dataset)
-            ]
-            write_rows(curves_path, [*curves, *validations], leading=VALIDATION_COLUMNS)
-            render_curves(read_rows(curves_path), args.dataset, curves_path.with_suffix(".png"))
+            rows = replace_model_rows(csv_path, model, args.dataset, [row])
+            curves = replace_model_rows(
+                curves_path, model, args.dataset, validations, leading=VALIDATION_COLUMNS
+            )
+            render_curves(curves, args.dataset, curves_path.with_suffix(".png"))
             (out / f"paper_table_{args.dataset}.md").write_text(
                 render_markdown(rows, args.dataset), encoding="utf-8"
             )
