@@ -191,9 +191,12 @@ def test_batch_size_does_not_change_results(trained):
     users = list(trained["histories"])
     small = Recommender.from_file(trained["bundles"][0], "cpu", batch_size=4, trim_padding=False)
     large = Recommender.from_file(trained["bundles"][0], "cpu", batch_size=1000, trim_padding=False)
-    assert [(r.items, r.scores) for r in small.recommend_users(users)] == [
-        (r.items, r.scores) for r in large.recommend_users(users)
-    ]
+    # The same top-k; scores up to float error (the last block's per-position layers run on
+    # [batch, H] rows, whose BLAS kernels round differently for different batch sizes).
+    small_results, large_results = small.recommend_users(users), large.recommend_users(users)
+    assert [r.items for r in small_results] == [r.items for r in large_results]
+    for one, other in zip(small_results, large_results):
+        torch.testing.assert_close(torch.tensor(one.scores), torch.tensor(other.scores))
 
 
 def test_trimmed_padding_ranks_as_full_padding(trained, recommender):

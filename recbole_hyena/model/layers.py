@@ -140,6 +140,43 @@ def fft_causal_conv(
     return outputs.to(inputs.dtype)
 
 
+def causal_conv_at(
+    inputs: torch.Tensor,
+    kernels: torch.Tensor,
+    positions: torch.Tensor,
+    skip: torch.Tensor | None = None,
+) -> torch.Tensor:
+    r"""``fft_causal_conv(inputs, kernels, skip)[b, :, positions[b]]``, computed directly.
+
+    One output position per sequence is a dot product of the reversed kernel with the inputs up
+    to it: O(B * C * L), below the FFT's O(B * C * L log L), and no [B, C, L] output. Models that
+    score only the last position (prefix training, every evaluation) use it for the last stage.
+
+    Args:
+        inputs: ``[B, C, L]``.
+        kernels: ``[C, K]``; taps beyond ``L`` are ignored.
+        positions: ``[B]`` output position of each sequence, in ``[0, L)``.
+        skip: optional ``[C]`` per-channel skip term ``d``.
+
+    Returns:
+        ``[B, C]``, in the inputs' dtype (the sum runs in float32, like the FFT).
+    """
+    seq_len = inputs.shape[-1]
+    with torch.autocast(device_type=inputs.device.type, enabled=False):
+        kernels = kernels[..., :seq_len].float()
+        kernels = F.pad(kernels, (0, seq_len - kernels.shape[-1]))
+        if skip is not None:
+            kernels = kernels + F.pad(skip.float().unsqueeze(-1), (0, seq_len - 1))
+        # Tap j meets input positions[b] - j, read with a gather (whose backward is a cheap
+        # per-row scatter; indexing the kernel instead costs an accumulating index_put).
+        sources = positions.unsqueeze(1) - torch.arange(seq_len, device=inputs.device)  # [B, L]
+        index = sources.clamp(min=0).unsqueeze(1).expand(-1, inputs.shape[1], -1)
+        reversed_inputs = torch.gather(inputs.float(), 2, index)  # [B, C, L]
+        reversed_inputs = reversed_inputs * (sources >= 0).unsqueeze(1)  # no taps before s = 0
+        outputs = (reversed_inputs * kernels).sum(-1)
+    return outputs.to(inputs.dtype)
+
+
 class CausalShortConv(nn.Module):
     """Depth-wise causal convolution of a few taps (optionally dilated, i.e. atrous)."""
 
@@ -293,8 +330,14 @@ class HyenaOperator(nn.Module):
         return kernels.view(self.order, self.d_model, seq_len)
 
     def forward(
-        self, inputs: torch.Tensor, mask: torch.Tensor | None = None
-    ) -> torch.Tensor:  # [B, L, D] -> [B, L, D]; mask [B, L, 1], 1 at items
+        self,
+        inputs: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``[B, L, D] -> [B, L, D]`` (mask ``[B, L, 1]``, 1 at items); with ``positions``
+        (``[B]``) only the output at each sequence's position, ``[B, D]``: the last stage is then
+        evaluated there alone (``causal_conv_at``) instead of over every position."""
         streams = self.short_path(inputs, mask)
         *modulations, value = streams.split(self.d_model, dim=1)
         if mask is not None:
@@ -303,8 +346,13 @@ class HyenaOperator(nn.Module):
             # makes left padding harmless. Masking the modulations as well would change nothing.
             value = value * mask.transpose(1, 2)
         kernels = self.kernels(inputs.shape[1])
+        last_stage = self.order - 1
         for stage, modulation in enumerate(modulations):
-            value = fft_causal_conv(value * modulation, kernels[stage], self.skip[stage])
+            value = value * modulation
+            if positions is not None and stage == last_stage:
+                value = causal_conv_at(value, kernels[stage], positions, self.skip[stage])
+                return self.out_proj(value)  # [B, D]
+            value = fft_causal_conv(value, kernels[stage], self.skip[stage])
         return self.out_proj(value.transpose(1, 2))
 
 
@@ -393,7 +441,21 @@ class PreNormBlock(nn.Module):
         self.ffn = FeedForward(d_model, inner_size, 0.0, activation)
         self.dropout = Dropout(dropout)
 
-    def forward(self, hidden: torch.Tensor, *mixer_args, **mixer_kwargs) -> torch.Tensor:
-        mixed = self.mixer(self.mixer_norm(hidden), *mixer_args, **mixer_kwargs)
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        *mixer_args,
+        positions: torch.Tensor | None = None,
+        **mixer_kwargs,
+    ) -> torch.Tensor:
+        """``[B, L, D] -> [B, L, D]``; with ``positions`` (``[B]``, for a mixer that accepts
+        them) the block's output at those positions only, ``[B, D]``: everything after the
+        mixer works per position, so the rest of the block runs on B rows instead of B x L."""
+        normed = self.mixer_norm(hidden)
+        if positions is None:
+            mixed = self.mixer(normed, *mixer_args, **mixer_kwargs)
+        else:
+            mixed = self.mixer(normed, *mixer_args, positions=positions, **mixer_kwargs)
+            hidden = hidden[torch.arange(len(hidden), device=hidden.device), positions]
         hidden = hidden + self.dropout(mixed)
         return hidden + self.dropout(self.ffn(self.ffn_norm(hidden)))

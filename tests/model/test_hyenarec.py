@@ -140,9 +140,9 @@ def test_block_chunks_give_the_same_outputs():
 
 def test_auto_block_chunks_keep_cpu_tensors_small_and_change_nothing():
     model = build_model(MAX_ITEM_LIST_LENGTH=2000, block_chunk_size="auto")
-    hidden = torch.zeros(128, 2000, 64)
+    items = torch.ones(128, 2000, dtype=torch.long)
     # 384 short-path channels x 2000 positions x 4 bytes per sequence, 24 MiB per chunk
-    assert model._auto_chunk_size(hidden) == 24 * 2**20 // (384 * 2000 * 4)
+    assert model._auto_chunk_size(items) == 24 * 2**20 // (384 * 2000 * 4)
     items, lengths = random_sequences(5, 30, 50)
     whole = build_model(MAX_ITEM_LIST_LENGTH=30).forward_sequence(items, lengths)
     auto = build_model(MAX_ITEM_LIST_LENGTH=30, block_chunk_size="auto")
@@ -202,6 +202,32 @@ def test_forward_is_forward_sequence_at_the_last_valid_position():
     full = model.forward_sequence(items, lengths)
     expected = full[torch.arange(6), lengths - 1]
     assert torch.allclose(model.forward(items, lengths), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {"block_chunk_size": 3}, {"gradient_checkpointing": True, "block_chunk_size": 4}],
+)
+def test_last_position_forward_trains_like_the_full_sequence(overrides):
+    """``forward`` runs the last block at the scored positions only; its loss and every gradient
+    must equal those of ``forward_sequence`` gathered there (dropout off, training mode)."""
+    items, lengths = random_sequences(7, 30, 50)
+    targets = torch.randint(1, 50, (7,))
+    results = []
+    for last_only in (True, False):
+        model = build_model(MAX_ITEM_LIST_LENGTH=30, hidden_dropout_prob=0.0, **overrides)
+        model.train()
+        if last_only:
+            output = model.forward(items, lengths)
+        else:
+            output = model.forward_sequence(items, lengths)[torch.arange(7), lengths - 1]
+        loss = torch.nn.functional.cross_entropy(model.item_scores(output), targets)
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad for n, p in model.named_parameters()}))
+    (loss, grads), (full_loss, full_grads) = results
+    assert torch.allclose(loss, full_loss, atol=1e-6)
+    for name, grad in full_grads.items():
+        assert torch.allclose(grads[name], grad, atol=1e-6), name
 
 
 @pytest.mark.parametrize("model_name", ["HyenaRec", "HyenaVanilla"])

@@ -10,6 +10,7 @@ from recbole_hyena.model.layers import (
     HyenaOperator,
     ShortPath,
     _FFTCausalConv,
+    causal_conv_at,
     causal_windows,
     fast_fft_length,
     fft_causal_conv,
@@ -62,6 +63,32 @@ def test_fft_conv_gradients_match_the_direct_convolution():
     (direct_causal_conv(inputs, kernels, skip) * weights).sum().backward()
     for fft_grad, direct in zip(fft_grads, (inputs, kernels, skip)):
         assert torch.allclose(fft_grad, direct.grad, atol=1e-5)
+
+
+@pytest.mark.parametrize("kernel_len", [9, 17, 30])
+def test_conv_at_positions_matches_the_direct_convolution_there(kernel_len):
+    """Values and gradients at one position per sequence, first, last and inner positions,
+    with kernels shorter than, equal to and longer than the input."""
+    torch.manual_seed(kernel_len)
+    inputs = torch.randn(4, 3, 17, requires_grad=True)
+    kernels = torch.randn(3, kernel_len, requires_grad=True)
+    skip = torch.randn(3, requires_grad=True)
+    positions = torch.tensor([0, 16, 5, 11])
+    weights = torch.randn(4, 3)
+    outputs = causal_conv_at(inputs, kernels, positions, skip)
+    padded = torch.nn.functional.pad(kernels[:, :17], (0, max(0, 17 - kernel_len)))
+    expected = direct_causal_conv(inputs, padded, skip)[torch.arange(4), :, positions]
+    assert torch.allclose(outputs.double(), expected, atol=1e-5)
+    (outputs * weights).sum().backward()
+    grads = [t.grad.clone() for t in (inputs, kernels, skip)]
+    for t in (inputs, kernels, skip):
+        t.grad = None
+    (expected * weights).sum().backward()
+    for grad, t in zip(grads, (inputs, kernels, skip)):
+        assert torch.allclose(grad, t.grad.float(), atol=1e-5)
+    # the inputs after each position get no gradient: the convolution is causal
+    later = torch.arange(17).unsqueeze(0) > positions.unsqueeze(1)  # [B, L]
+    assert grads[0].abs().sum(1)[later].max() == 0
 
 
 def test_fft_conv_ignores_kernel_taps_beyond_the_input():

@@ -114,46 +114,59 @@ class HyenaRec(CausalSequentialRecommender):
         return self.final_norm(self.hidden_states(item_seq))  # [B, L, H]
 
     def forward(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:
-        # The final LayerNorm works per position: normalising only the gathered last positions
-        # gives the same output without a [B, L, H] LayerNorm and the input it keeps for the
-        # backward (prefix training and every evaluation score the last position only).
-        hidden = self.gather_indexes(self.hidden_states(item_seq), item_seq_len - 1)
+        # Prefix training and every evaluation score the last position only. Everything after
+        # the last block's mixer works per position, so that block runs its last long
+        # convolution, its MLP and the final LayerNorm at the gathered positions alone.
+        hidden = self.hidden_states(item_seq, positions=item_seq_len - 1)
         return self.final_norm(hidden)  # [B, H]
 
-    def hidden_states(self, item_seq: torch.Tensor) -> torch.Tensor:
-        """The blocks' output before the final LayerNorm, ``[B, L, H]``."""
-        mask = (item_seq > 0).unsqueeze(-1).to(self.item_embedding.weight.dtype)  # [B, L, 1]
-        hidden = self.emb_dropout(self.item_embedding(item_seq))  # [B, L, H]
-        for block in self.blocks:
-            hidden = self._run_block(block, hidden, mask)
-        return hidden
+    def hidden_states(
+        self, item_seq: torch.Tensor, positions: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The blocks' output before the final LayerNorm, ``[B, L, H]``; with ``positions``
+        (``[B]``) only at those positions, ``[B, H]``.
 
-    def _run_block(self, block: nn.Module, hidden: torch.Tensor, mask: torch.Tensor):
-        """``block(hidden, mask)``, ``block_chunk_size`` sequences at a time (blocks are
-        per-sequence, so the result is the same). Smaller tensors help on CPU, where the
-        allocator maps and zero-fills fresh pages for every tensor above 32 MB. With
-        ``gradient_checkpointing`` only each chunk's input is kept for the backward pass, which
-        recomputes the chunk's activations (same dropout masks), so the peak memory follows the
-        chunk, not the batch."""
-        chunk = self.block_chunk_size or hidden.shape[0]
+        The whole stack runs ``block_chunk_size`` sequences at a time (every layer is
+        per-sequence, so the result is the same): on CPU, where the allocator maps and
+        zero-fills fresh pages for every tensor above 32 MB, chunks keep each tensor small and
+        no full-batch ``[B, L, H]`` tensor is built. With ``gradient_checkpointing`` only each
+        block's input is kept for the backward pass, which recomputes the block's activations
+        (same dropout masks), so the peak memory follows the chunk, not the batch."""
+        chunk = self.block_chunk_size or len(item_seq)
         if chunk == "auto":
-            chunk = self._auto_chunk_size(hidden)
-        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-            run = partial(checkpoint, block, use_reentrant=False)
+            chunk = self._auto_chunk_size(item_seq)
+        if positions is None:
+            outputs = [self._run_stack(items) for items in item_seq.split(chunk)]
         else:
-            run = block
-        outputs = [run(h, m) for h, m in zip(hidden.split(chunk), mask.split(chunk))]
+            outputs = [
+                self._run_stack(items, last)
+                for items, last in zip(item_seq.split(chunk), positions.split(chunk))
+            ]
         return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
 
-    def _auto_chunk_size(self, hidden: torch.Tensor) -> int:
+    def _run_stack(
+        self, item_seq: torch.Tensor, positions: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        mask = (item_seq > 0).unsqueeze(-1).to(self.item_embedding.weight.dtype)  # [B, L, 1]
+        hidden = self.emb_dropout(self.item_embedding(item_seq))  # [B, L, H]
+        checkpointing = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
+        last = len(self.blocks) - 1
+        for index, block in enumerate(self.blocks):
+            run = partial(checkpoint, block, use_reentrant=False) if checkpointing else block
+            hidden = run(hidden, mask, positions=positions if index == last else None)
+        return hidden
+
+    def _auto_chunk_size(self, item_seq: torch.Tensor) -> int:
         """Whole batches on accelerators (their caching allocators reuse memory); on CPU, as many
         sequences as keep the block's widest tensor, the short path's, within
         ``CPU_CHUNK_BYTES``."""
-        if hidden.device.type != "cpu":
-            return hidden.shape[0]
+        if item_seq.device.type != "cpu":
+            return len(item_seq)
         short_path = self.blocks[0].mixer.short_path
         bytes_per_sequence = (
-            hidden.shape[1] * short_path.in_proj.out_features * hidden.element_size()
+            item_seq.shape[1]
+            * short_path.in_proj.out_features
+            * self.item_embedding.weight.element_size()
         )
         return max(1, CPU_CHUNK_BYTES // bytes_per_sequence)
 
