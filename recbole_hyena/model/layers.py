@@ -128,16 +128,20 @@ def fft_causal_conv(
     The FFT runs in float32 even under autocast (half-precision FFTs lose too much accuracy
     and only accept power-of-two sizes); the result is cast back to the input dtype.
     """
-    seq_len = inputs.shape[-1]
     with torch.autocast(device_type=inputs.device.type, enabled=False):
-        kernels = kernels[..., :seq_len].float()
-        kernels = F.pad(kernels, (0, seq_len - kernels.shape[-1]))
-        if skip is not None:
-            # d u[t] is the convolution with d at tap 0: fold it into the kernel, which spares
-            # a multiply and an add over the whole [B, C, L] input, forward and backward.
-            kernels = kernels + F.pad(skip.float().unsqueeze(-1), (0, seq_len - 1))
-        outputs = _FFTCausalConv.apply(inputs, kernels)
+        outputs = _FFTCausalConv.apply(inputs, _float_kernels(kernels, skip, inputs.shape[-1]))
     return outputs.to(inputs.dtype)
+
+
+def _float_kernels(kernels: torch.Tensor, skip: torch.Tensor | None, seq_len: int) -> torch.Tensor:
+    """``kernels`` ``[C, K]`` as float32 ``[C, seq_len]`` (cut or zero-padded), with the skip term
+    ``d`` folded into tap 0: ``d u[t]`` is the convolution with ``d`` at lag 0, which spares a
+    multiply and an add over the whole ``[B, C, L]`` input, forward and backward."""
+    kernels = kernels[..., :seq_len].float()
+    kernels = F.pad(kernels, (0, seq_len - kernels.shape[-1]))
+    if skip is not None:
+        kernels = kernels + F.pad(skip.float().unsqueeze(-1), (0, seq_len - 1))
+    return kernels
 
 
 def causal_conv_at(
@@ -163,10 +167,7 @@ def causal_conv_at(
     """
     seq_len = inputs.shape[-1]
     with torch.autocast(device_type=inputs.device.type, enabled=False):
-        kernels = kernels[..., :seq_len].float()
-        kernels = F.pad(kernels, (0, seq_len - kernels.shape[-1]))
-        if skip is not None:
-            kernels = kernels + F.pad(skip.float().unsqueeze(-1), (0, seq_len - 1))
+        kernels = _float_kernels(kernels, skip, seq_len)
         # Tap j meets input positions[b] - j, read with a gather (whose backward is a cheap
         # per-row scatter; indexing the kernel instead costs an accumulating index_put).
         sources = positions.unsqueeze(1) - torch.arange(seq_len, device=inputs.device)  # [B, L]

@@ -10,6 +10,19 @@ def interaction(item_seq, item_seq_len, **extra):
     return {"item_id_list": item_seq, "item_length": item_seq_len, **extra}
 
 
+def loss_and_gradients(model, loss):
+    loss.backward()
+    return loss.detach(), {name: p.grad for name, p in model.named_parameters()}
+
+
+def assert_same_loss_and_gradients(result, reference, atol=1e-6):
+    """A ``loss_and_gradients`` result agrees with the reference's loss and every gradient."""
+    (loss, grads), (reference_loss, reference_grads) = result, reference
+    assert torch.allclose(loss, reference_loss, atol=atol)
+    for name, grad in reference_grads.items():
+        assert torch.allclose(grads[name], grad, atol=atol), name
+
+
 def test_outputs_do_not_depend_on_later_items():
     model = build_model(MAX_ITEM_LIST_LENGTH=30)
     items, _ = random_sequences(4, 30, 50, lengths=torch.full((4,), 30))
@@ -117,12 +130,9 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(chunk, dropout
         model.train()
         torch.manual_seed(1)
         loss = model.calculate_loss(batch)
-        loss.backward()
-        results.append((loss.detach(), {n: p.grad for n, p in model.named_parameters()}))
-    (plain_loss, plain_grads), (loss, grads) = results
-    assert torch.allclose(loss, plain_loss, atol=1e-6)
-    for name, grad in plain_grads.items():
-        assert torch.allclose(grads[name], grad, atol=1e-6), name
+        results.append(loss_and_gradients(model, loss))
+    plain, checkpointed = results
+    assert_same_loss_and_gradients(checkpointed, plain)
 
 
 def test_bad_block_chunk_size_names_the_option():
@@ -222,12 +232,8 @@ def test_last_position_forward_trains_like_the_full_sequence(overrides):
         else:
             output = model.forward_sequence(items, lengths)[torch.arange(7), lengths - 1]
         loss = torch.nn.functional.cross_entropy(model.item_scores(output), targets)
-        loss.backward()
-        results.append((loss.detach(), {n: p.grad for n, p in model.named_parameters()}))
-    (loss, grads), (full_loss, full_grads) = results
-    assert torch.allclose(loss, full_loss, atol=1e-6)
-    for name, grad in full_grads.items():
-        assert torch.allclose(grads[name], grad, atol=1e-6), name
+        results.append(loss_and_gradients(model, loss))
+    assert_same_loss_and_gradients(*results)
 
 
 @pytest.mark.parametrize("model_name", ["HyenaRec", "HyenaVanilla"])

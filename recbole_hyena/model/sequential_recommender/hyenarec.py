@@ -135,13 +135,11 @@ class HyenaRec(CausalSequentialRecommender):
         chunk = self.block_chunk_size or len(item_seq)
         if chunk == "auto":
             chunk = self._auto_chunk_size(item_seq)
-        if positions is None:
-            outputs = [self._run_stack(items) for items in item_seq.split(chunk)]
-        else:
-            outputs = [
-                self._run_stack(items, last)
-                for items, last in zip(item_seq.split(chunk), positions.split(chunk))
-            ]
+        item_chunks = item_seq.split(chunk)
+        position_chunks = [None] * len(item_chunks) if positions is None else positions.split(chunk)
+        outputs = [
+            self._run_stack(items, last) for items, last in zip(item_chunks, position_chunks)
+        ]
         return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
 
     def _run_stack(
