@@ -26,8 +26,10 @@ picks one.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from dataclasses import dataclass
+from functools import cache
 
 import torch
 import torch.nn.functional as F
@@ -49,6 +51,19 @@ MAX_LOG_DECAY = 20.0
 def fla_available() -> bool:
     """Whether ``flash-linear-attention``'s gated delta-rule kernel could be imported."""
     return _fla_chunk_gated_delta_rule is not None
+
+
+@cache
+def fla_trains_here() -> bool:
+    """Whether fla's kernel has a backward on this machine. fla 0.5 raises in the gated rule's
+    backward on Hopper GPUs (H100, H200) with Triton 3.4.0 to 3.7.0 unless ``tilelang`` is
+    installed (fla issue #640; seen on an H200 with Triton 3.6)."""
+    try:
+        from fla.utils import IS_NVIDIA_HOPPER, TRITON_ABOVE_3_4_0, TRITON_ABOVE_3_7_1
+    except ImportError:  # other fla versions: no known refusal
+        return fla_available()
+    refused = IS_NVIDIA_HOPPER and TRITON_ABOVE_3_4_0 and not TRITON_ABOVE_3_7_1
+    return not refused or importlib.util.find_spec("tilelang") is not None
 
 
 def delta_rule_recurrent(
@@ -195,14 +210,21 @@ def delta_rule_fla(
 
 
 def resolve_backend(backend: str, tensor: torch.Tensor) -> str:
-    """``auto``: fla's kernel for CUDA tensors in a precision it supports when fla is installed,
-    the chunked PyTorch form otherwise."""
+    """``auto``: fla's kernel for CUDA tensors in a precision it supports when fla is installed
+    (and, when a gradient will be needed, has a backward here: ``fla_trains_here``), the chunked
+    PyTorch form otherwise."""
     if backend not in BACKENDS:
         raise ValueError(f"tadn_backend [{backend}] must be one of {list(BACKENDS)}")
     if backend != "auto":
         return backend
     fla_dtypes = (torch.float32, torch.float16, torch.bfloat16)
-    if fla_available() and tensor.is_cuda and tensor.dtype in fla_dtypes:
+    needs_backward = torch.is_grad_enabled() and tensor.requires_grad
+    if (
+        fla_available()
+        and tensor.is_cuda
+        and tensor.dtype in fla_dtypes
+        and (not needs_backward or fla_trains_here())
+    ):
         return "fla"
     return "torch"
 

@@ -170,6 +170,8 @@ def test_cuda_matches_cpu_in_outputs_and_gradients_and_under_bf16_autocast():
     cpu_loss.backward()
     cpu_grads = {name: p.grad.clone() for name, p in model.named_parameters()}
     model.zero_grad()
+    with torch.no_grad():
+        cpu_last = model.forward(items, lengths)  # the last block at one position per row
     gpu_batch = {key: value.cuda() for key, value in batch.items()}
     model.cuda()
     gpu_loss = model.calculate_loss(gpu_batch)
@@ -181,8 +183,13 @@ def test_cuda_matches_cpu_in_outputs_and_gradients_and_under_bf16_autocast():
         full = model.forward_sequence(gpu_batch["item_id_list"], gpu_batch["item_length"])
         with torch.autocast("cuda", dtype=torch.bfloat16):
             half = model.forward_sequence(gpu_batch["item_id_list"], gpu_batch["item_length"])
+        last = model.forward(gpu_batch["item_id_list"], gpu_batch["item_length"])
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            half_last = model.forward(gpu_batch["item_id_list"], gpu_batch["item_length"])
     assert torch.isfinite(half).all()
     assert (half.float() - full).norm() / full.norm() < 0.05
+    assert torch.allclose(last.cpu(), cpu_last, atol=1e-5)
+    assert (half_last.float() - last).norm() / last.norm() < 0.05
 
 
 @pytest.mark.slow

@@ -3,6 +3,8 @@ form, causality and a bounded state over 10,000 events."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -219,3 +221,33 @@ def test_fla_matches_recurrent(seq_len):
     # fla computes in fp32 with tf32 matmuls inside the kernels
     torch.testing.assert_close(outputs.double().cpu(), expected, atol=2e-3, rtol=2e-3)
     torch.testing.assert_close(last_state.double().cpu(), expected_state, atol=2e-3, rtol=2e-3)
+
+
+@pytest.mark.parametrize("trains_here", [True, False])
+def test_auto_backend_trains_with_torch_where_fla_has_no_backward(monkeypatch, trains_here):
+    """fla refuses the gated backward on some GPU/Triton pairs: ``auto`` must not pick it then."""
+    import recbole_hyena.model.tadn as tadn
+
+    monkeypatch.setattr(tadn, "fla_available", lambda: True)
+    monkeypatch.setattr(tadn, "fla_trains_here", lambda: trains_here)
+    cuda_like = SimpleNamespace(is_cuda=True, dtype=torch.bfloat16, requires_grad=True)
+    assert resolve_backend("auto", cuda_like) == ("fla" if trains_here else "torch")
+    with torch.no_grad():  # inference needs no backward: fla's forward is fine everywhere
+        assert resolve_backend("auto", cuda_like) == "fla"
+    assert resolve_backend("auto", SimpleNamespace(**{**vars(cuda_like), "is_cuda": False})) == (
+        "torch"
+    )
+
+
+@needs_cuda
+@pytest.mark.skipif(not fla_available(), reason="needs flash-linear-attention")
+def test_fla_auto_backend_trains_a_layer_on_cuda():
+    """A training step through ``auto`` on this GPU: fla's backward where it has one."""
+    torch.manual_seed(0)
+    layer = TemporalDeltaNet(32, 2, chunk_size=16).cuda()
+    inputs = torch.randn(2, 150, 32, device="cuda", requires_grad=True)
+    gaps = torch.rand(2, 150, device="cuda") * 3
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        outputs = layer(inputs, gaps)
+    outputs.float().square().mean().backward()
+    assert torch.isfinite(inputs.grad).all() and inputs.grad.abs().sum() > 0
