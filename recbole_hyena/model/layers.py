@@ -130,7 +130,13 @@ def fft_causal_conv(
     """
     with torch.autocast(device_type=inputs.device.type, enabled=False):
         outputs = _FFTCausalConv.apply(inputs, _float_kernels(kernels, skip, inputs.shape[-1]))
-    return outputs.to(inputs.dtype)
+    outputs = outputs.to(inputs.dtype)
+    if outputs.is_cuda and not outputs.is_contiguous():
+        # The next stage saves this output for its backward, and a slice would keep the whole
+        # zero-padded buffer (n >= 2L) alive with it. (A cast to bf16 already copied; on CPU
+        # the float32 copy costs more time than the memory it frees is worth: 2-9% of a step.)
+        outputs = outputs.contiguous()
+    return outputs
 
 
 def _float_kernels(kernels: torch.Tensor, skip: torch.Tensor | None, seq_len: int) -> torch.Tensor:
@@ -142,6 +148,40 @@ def _float_kernels(kernels: torch.Tensor, skip: torch.Tensor | None, seq_len: in
     if skip is not None:
         kernels = kernels + F.pad(skip.float().unsqueeze(-1), (0, seq_len - 1))
     return kernels
+
+
+class _CausalConvAt(torch.autograd.Function):
+    """``causal_conv_at`` with a hand-written backward that keeps only the input, in its own
+    dtype (bf16 under autocast): autograd through the gather and the product would keep two
+    float32 ``[B, C, L]`` copies of it."""
+
+    @staticmethod
+    def forward(ctx, inputs, kernels, positions):  # [B, C, L] any float dtype, [C, L] float32
+        ctx.save_for_backward(inputs, kernels, positions)
+        return torch.einsum("bcl,cl->bc", _reversed_past(inputs, positions, kernels.dtype), kernels)
+
+    @staticmethod
+    def backward(ctx, grad_outputs):  # [B, C]
+        inputs, kernels, positions = ctx.saved_tensors
+        grad_inputs = grad_kernels = None
+        if ctx.needs_input_grad[0]:
+            # d out[b, c] / d u[b, c, s] = k[c, positions[b] - s] for s <= positions[b]: the
+            # kernel reversed from each position, read with the same gather.
+            lags = _reversed_past(kernels.expand(len(inputs), -1, -1), positions, kernels.dtype)
+            grad_inputs = (lags * grad_outputs.unsqueeze(-1)).to(inputs.dtype)
+        if ctx.needs_input_grad[1]:
+            past = _reversed_past(inputs, positions, kernels.dtype)
+            grad_kernels = torch.einsum("bc,bcl->cl", grad_outputs.to(kernels.dtype), past)
+        return grad_inputs, grad_kernels, None
+
+
+def _reversed_past(values: torch.Tensor, positions: torch.Tensor, dtype: torch.dtype):
+    """``[B, C, L] -> [B, C, L]`` in ``dtype``: ``out[b, c, j] = values[b, c, positions[b] - j]``,
+    0 where ``j > positions[b]``. Its own inverse over ``s <= positions[b]``."""
+    seq_len = values.shape[-1]
+    sources = positions.unsqueeze(1) - torch.arange(seq_len, device=values.device)  # [B, L]
+    index = sources.clamp(min=0).unsqueeze(1).expand(-1, values.shape[1], -1)
+    return torch.gather(values, 2, index).to(dtype) * (sources >= 0).unsqueeze(1)
 
 
 def causal_conv_at(
@@ -165,16 +205,9 @@ def causal_conv_at(
     Returns:
         ``[B, C]``, in the inputs' dtype (the sum runs in float32, like the FFT).
     """
-    seq_len = inputs.shape[-1]
     with torch.autocast(device_type=inputs.device.type, enabled=False):
-        kernels = _float_kernels(kernels, skip, seq_len)
-        # Tap j meets input positions[b] - j, read with a gather (whose backward is a cheap
-        # per-row scatter; indexing the kernel instead costs an accumulating index_put).
-        sources = positions.unsqueeze(1) - torch.arange(seq_len, device=inputs.device)  # [B, L]
-        index = sources.clamp(min=0).unsqueeze(1).expand(-1, inputs.shape[1], -1)
-        reversed_inputs = torch.gather(inputs.float(), 2, index)  # [B, C, L]
-        reversed_inputs = reversed_inputs * (sources >= 0).unsqueeze(1)  # no taps before s = 0
-        outputs = (reversed_inputs * kernels).sum(-1)
+        kernels = _float_kernels(kernels, skip, inputs.shape[-1])
+        outputs = _CausalConvAt.apply(inputs, kernels, positions)
     return outputs.to(inputs.dtype)
 
 
@@ -222,12 +255,61 @@ def projected_causal_conv(
     linear layer followed by ``conv1d``. ``channels_first`` computes ``W_eff @ windows^T`` per
     sequence, which writes the transposed result directly instead of copying it afterwards.
     """
-    windows = causal_windows(inputs, conv.kernel_size[0], conv.dilation[0])
     weight = (conv.weight.transpose(1, 2) * projection.unsqueeze(1)).flatten(1)  # [C, K * D_in]
     if not channels_first:
+        windows = causal_windows(inputs, conv.kernel_size[0], conv.dilation[0])
         return F.linear(windows, weight, conv.bias)
-    bias = conv.bias.unsqueeze(-1).expand(-1, inputs.shape[1])  # [C, L]
-    return torch.baddbmm(bias, weight.expand(len(windows), -1, -1), windows.transpose(1, 2))
+    # In the inputs' dtype: under autocast the product would cast an expanded weight, which
+    # materialises (and keeps for the backward) a [B, C, K * D_in] copy of it.
+    weight, bias = weight.to(inputs.dtype), conv.bias.to(inputs.dtype)
+    return _WindowedProduct.apply(inputs, weight, bias, *conv.dilation)
+
+
+def _rebuilds_windows(inputs: torch.Tensor) -> bool:
+    """Whether ``_WindowedProduct`` keeps ``inputs`` rather than their windows (see there)."""
+    return inputs.is_cuda
+
+
+class _WindowedProduct(torch.autograd.Function):
+    """``W @ causal_windows(u)^T + b`` per sequence, channels-first (``[B, C, L]``). On a GPU it
+    keeps ``u`` for the backward instead of its windows, which are ``kernel_size`` times larger,
+    and rebuilds them there (a few shifted copies): GPU memory is the limit at long L. On CPU the
+    rebuild costs more time (about 3% of a training step) than the memory is worth, so the
+    windows are kept, as autograd would."""
+
+    @staticmethod
+    def forward(ctx, inputs, weight, bias, dilation):  # [B, L, D], [C, K * D], [C]
+        windows = causal_windows(inputs, weight.shape[1] // inputs.shape[-1], dilation)
+        ctx.keeps_windows = not _rebuilds_windows(inputs)
+        ctx.save_for_backward(windows if ctx.keeps_windows else inputs, weight)
+        ctx.dilation, ctx.input_shape = dilation, inputs.shape
+        bias = bias.unsqueeze(-1).expand(-1, inputs.shape[1])  # [C, L]
+        return torch.baddbmm(bias, weight.expand(len(windows), -1, -1), windows.transpose(1, 2))
+
+    @staticmethod
+    def backward(ctx, grad_outputs):  # [B, C, L]
+        kept, weight = ctx.saved_tensors
+        grad_outputs = grad_outputs.to(weight.dtype)
+        (batch, seq_len, features), dilation = ctx.input_shape, ctx.dilation
+        kernel_size = weight.shape[1] // features
+        grad_inputs = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            # Tap j of row t read the input at t - shift_j: send its gradient back there,
+            # channels-first as the product gives it ([B, K * D, L]), transposed at the end.
+            grad_windows = torch.bmm(weight.t().expand(len(grad_outputs), -1, -1), grad_outputs)
+            grad_inputs = grad_windows.new_zeros(batch, features, seq_len)
+            for tap in range(kernel_size):
+                shift = (kernel_size - 1 - tap) * dilation
+                if shift < seq_len:
+                    taps = grad_windows[:, tap * features : (tap + 1) * features, shift:]
+                    grad_inputs[..., : seq_len - shift] += taps
+            grad_inputs = grad_inputs.transpose(1, 2)
+        if ctx.needs_input_grad[1]:
+            windows = kept if ctx.keeps_windows else causal_windows(kept, kernel_size, dilation)
+            grad_weight = torch.bmm(grad_outputs, windows).sum(0)
+        if ctx.needs_input_grad[2]:
+            grad_bias = grad_outputs.sum((0, 2))
+        return grad_inputs, grad_weight, grad_bias, None
 
 
 class ShortPath(nn.Module):
@@ -345,7 +427,9 @@ class HyenaOperator(nn.Module):
             # Zero v_0 at padding (the short conv's bias and window leak into it): every stage
             # multiplies the value, so the long convolutions then see zeros there too, which
             # makes left padding harmless. Masking the modulations as well would change nothing.
-            value = value * mask.transpose(1, 2)
+            # In the streams' dtype: a float32 mask would promote every stage to float32 under
+            # autocast, and each stage's saved activations with it.
+            value = value * mask.transpose(1, 2).to(value.dtype)
         kernels = self.kernels(inputs.shape[1])
         last_stage = self.order - 1
         for stage, modulation in enumerate(modulations):

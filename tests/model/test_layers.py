@@ -2,7 +2,9 @@
 
 import pytest
 import torch
+from torch import nn
 
+from recbole_hyena.model import layers
 from recbole_hyena.model.filters import LegendreKernelGenerator, legendre_basis, uniform_grid
 from recbole_hyena.model.layers import (
     CausalShortConv,
@@ -216,13 +218,20 @@ def test_operator_rejects_sequences_longer_than_its_filter():
         make_operator()(torch.randn(1, 41, 8))
 
 
-@pytest.mark.parametrize("kernel_size, dilation, glu", [(3, 1, True), (3, 2, False), (1, 1, True)])
-def test_short_path_equals_projection_then_depthwise_conv(kernel_size, dilation, glu):
+@pytest.mark.parametrize("rebuilds_windows", [False, True])  # CPU's way and the GPU's
+@pytest.mark.parametrize(
+    "kernel_size, dilation, glu", [(3, 1, True), (3, 2, False), (1, 1, True), (4, 6, True)]
+)
+def test_short_path_equals_projection_then_depthwise_conv(
+    kernel_size, dilation, glu, rebuilds_windows, monkeypatch
+):
     """The fused short path is exactly ``conv(mask * in_proj(x))`` (then the GLU), padding
-    positions included."""
+    positions included, in values and in the gradients of its inputs and parameters (its
+    backward is hand-written, and on a GPU rebuilds the taps' windows)."""
+    monkeypatch.setattr(layers, "_rebuilds_windows", lambda inputs: rebuilds_windows)
     torch.manual_seed(kernel_size + dilation)
     path = ShortPath(6, 3, kernel_size=kernel_size, dilation=dilation, glu=glu)
-    inputs = torch.randn(2, 15, 6)
+    inputs = torch.randn(2, 15, 6, requires_grad=True)
     mask = torch.ones(2, 15, 1)
     mask[0, :4] = 0  # left padding
     mask[1, 11:] = 0  # right padding
@@ -231,8 +240,15 @@ def test_short_path_equals_projection_then_depthwise_conv(kernel_size, dilation,
     if glu:
         value, gate = expected.chunk(2, dim=1)
         expected = value * torch.sigmoid(gate)
-    assert torch.allclose(path(inputs, mask), expected, atol=1e-5)
+    outputs = path(inputs, mask)
+    assert torch.allclose(outputs, expected, atol=1e-5)
     assert torch.allclose(path(inputs), path(inputs, torch.ones(2, 15, 1)))
+    weights = torch.randn_like(expected)
+    leaves = [inputs, *path.parameters()]
+    fused = torch.autograd.grad((outputs * weights).sum(), leaves)
+    reference = torch.autograd.grad((expected * weights).sum(), leaves)
+    for grad, want in zip(fused, reference):
+        torch.testing.assert_close(grad, want, atol=1e-5, rtol=1e-5)
 
 
 def test_causal_windows_hold_the_dilated_past():
@@ -265,3 +281,42 @@ def test_cpu_dropout_keeps_1_minus_p_scaled_and_masks_its_gradient(p):
     assert torch.equal(dropout(inputs.detach()), outputs.detach())
     assert torch.equal(dropout.eval()(inputs), inputs)
     assert torch.equal(Dropout(0.0).train()(inputs), inputs)
+
+
+def saved_activations(run) -> list[torch.Tensor]:
+    """The distinct tensors autograd saves while ``run()`` builds its graph (parameters and
+    small tensors left out), each counted once by its storage."""
+    saved, storages = [], set()
+
+    def pack(tensor):
+        storage = tensor.untyped_storage().data_ptr()
+        if (
+            not isinstance(tensor, nn.Parameter)
+            and tensor.numel() >= 256
+            and storage not in storages
+        ):
+            storages.add(storage)
+            saved.append(tensor)
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        run()
+    return saved
+
+
+def test_operator_keeps_half_precision_activations_under_autocast():
+    """Under bf16 autocast every [B, L, D]-sized activation the operator keeps for its backward
+    is bf16 (a float32 mask once promoted every stage to float32), and nothing is kept that the
+    float32 graph does not keep too (autocast once materialised an expanded weight): about
+    half the float32 graph's bytes."""
+    operator = make_operator(d_model=16, filter_length=64)
+    inputs = torch.randn(8, 64, 16, requires_grad=True)
+    mask = torch.ones(8, 64, 1)
+    float32 = saved_activations(lambda: operator(inputs, mask))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        half = saved_activations(lambda: operator(inputs, mask))
+    large = [t for t in half if t.numel() >= inputs.numel()]
+    assert large and all(t.dtype == torch.bfloat16 for t in large), [t.dtype for t in large]
+    assert sum(t.untyped_storage().nbytes() for t in half) <= 0.55 * sum(
+        t.untyped_storage().nbytes() for t in float32
+    )
