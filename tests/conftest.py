@@ -39,6 +39,27 @@ def random_sequences(batch: int, seq_len: int, n_items: int, lengths=None, seed:
     return items.masked_fill(positions >= lengths.unsqueeze(1), 0), lengths
 
 
+def saved_activations(run):
+    """``run()``'s result and the distinct tensors autograd saves while it builds its graph
+    (parameters and small tensors left out), each counted once by its storage."""
+    saved, storages = [], set()
+
+    def pack(tensor):
+        storage = tensor.untyped_storage().data_ptr()
+        if (
+            not isinstance(tensor, torch.nn.Parameter)
+            and tensor.numel() >= 256
+            and storage not in storages
+        ):
+            storages.add(storage)
+            saved.append(tensor)
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        result = run()
+    return result, saved
+
+
 @pytest.fixture(autouse=True)
 def _run_in_tmp(tmp_path, monkeypatch):
     """RecBole writes log/, saved/ and log_tensorboard/ under the working directory."""

@@ -12,9 +12,13 @@ short convolution both run over the contiguous last dimension.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from recbole_hyena.model.filters import KernelGenerator
 from recbole_hyena.model.fused_norm import LayerNorm
@@ -501,6 +505,15 @@ class FeedForward(nn.Module):
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         return self.net(inputs)
+
+
+def checkpointed(block: nn.Module, enabled: bool) -> Callable[..., torch.Tensor]:
+    """``block`` itself, or, when ``enabled`` and the block is training with gradients on,
+    ``block`` under activation checkpointing: only its inputs are kept for the backward pass,
+    which recomputes its activations (with the same dropout masks)."""
+    if enabled and block.training and torch.is_grad_enabled():
+        return partial(checkpoint, block, use_reentrant=False)
+    return block
 
 
 class PreNormBlock(nn.Module):

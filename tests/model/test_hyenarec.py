@@ -1,9 +1,11 @@
 """HyenaRec as a RecBole model: causality, padding, lengths, scoring, losses, learning."""
 
+from functools import partial
+
 import pytest
 import torch
 
-from conftest import build_model, random_sequences
+from conftest import build_model, random_sequences, saved_activations
 
 
 def interaction(item_seq, item_seq_len, **extra):
@@ -120,7 +122,7 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(chunk, dropout
     items, lengths = random_sequences(7, 20, 50)
     targets = torch.randint(1, 50, items.shape) * (items > 0)
     batch = interaction(items, lengths, target_item_id_list=targets)
-    results = []
+    results, kept = [], []
     for checkpointing in (False, True):  # the plain model runs the whole batch at once
         model = build_model(
             gradient_checkpointing=checkpointing,
@@ -129,10 +131,12 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(chunk, dropout
         )
         model.train()
         torch.manual_seed(1)
-        loss = model.calculate_loss(batch)
+        loss, saved = saved_activations(partial(model.calculate_loss, batch))
+        kept.append(sum(t.untyped_storage().nbytes() for t in saved))
         results.append(loss_and_gradients(model, loss))
     plain, checkpointed = results
     assert_same_loss_and_gradients(checkpointed, plain)
+    assert kept[1] < kept[0] / 2  # only the blocks' inputs (and the head's) are kept
 
 
 def test_bad_block_chunk_size_names_the_option():

@@ -4,6 +4,7 @@ invariant to right padding, and learns a planted pattern that only the time feat
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ from recbole.data.interaction import Interaction
 from recbole_hyena.config import Config
 from recbole_hyena.model.sequential_recommender.hytrec import CausalSelfAttention, HyTRec
 from recbole_hyena.model.tadn import TemporalDeltaNet
-from tests.conftest import build_model, random_sequences
+from tests.conftest import build_model, random_sequences, saved_activations
 
 N_ITEMS = 40
 SMALL = {"hidden_size": 16, "inner_size": 32, "n_heads": 2, "short_window": 4, "tadn_chunk_size": 8}
@@ -111,6 +112,31 @@ def test_trains_a_step(mode, overrides):
         model.calculate_loss(batch).backward()
         optimizer.step()
     assert model.calculate_loss(batch).item() < loss.item()
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
+    """Recomputing each block in the backward replays its dropout masks and its TADN state."""
+    items, lengths = random_sequences(5, 20, N_ITEMS, seed=2)
+    targets = torch.randint(1, N_ITEMS, items.shape) * (items > 0)
+    batch = interaction(items, lengths, random_times(items), target_item_id_list=targets)
+    results, kept = [], []
+    for checkpointing in (False, True):
+        model = build_model("HyTRec", N_ITEMS, gradient_checkpointing=checkpointing, **SMALL)
+        model.train()
+        torch.manual_seed(3)
+        loss, saved = saved_activations(partial(model.calculate_loss, batch))
+        kept.append(sum(t.untyped_storage().nbytes() for t in saved))
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad for n, p in model.named_parameters()}))
+    (plain_loss, plain), (loss, grads) = results
+    assert kept[1] < kept[0] / 3  # only the blocks' inputs (and the head's) are kept
+    assert plain_loss > 0 and torch.allclose(loss, plain_loss, atol=1e-6)
+    assert grads.keys() == plain.keys()
+    for name, grad in grads.items():
+        if plain[name] is None:
+            assert grad is None, name
+        else:
+            assert torch.allclose(grad, plain[name], atol=1e-6, rtol=1e-5), name
 
 
 @pytest.mark.parametrize("use_short_branch", [True, False])

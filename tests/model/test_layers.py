@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-from torch import nn
 
 from recbole_hyena.model import layers
 from recbole_hyena.model.filters import LegendreKernelGenerator, legendre_basis, uniform_grid
@@ -17,6 +16,7 @@ from recbole_hyena.model.layers import (
     fast_fft_length,
     fft_causal_conv,
 )
+from tests.conftest import saved_activations
 
 
 def direct_causal_conv(inputs, kernels, skip=None):
@@ -283,27 +283,6 @@ def test_cpu_dropout_keeps_1_minus_p_scaled_and_masks_its_gradient(p):
     assert torch.equal(Dropout(0.0).train()(inputs), inputs)
 
 
-def saved_activations(run) -> list[torch.Tensor]:
-    """The distinct tensors autograd saves while ``run()`` builds its graph (parameters and
-    small tensors left out), each counted once by its storage."""
-    saved, storages = [], set()
-
-    def pack(tensor):
-        storage = tensor.untyped_storage().data_ptr()
-        if (
-            not isinstance(tensor, nn.Parameter)
-            and tensor.numel() >= 256
-            and storage not in storages
-        ):
-            storages.add(storage)
-            saved.append(tensor)
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        run()
-    return saved
-
-
 def test_operator_keeps_half_precision_activations_under_autocast():
     """Under bf16 autocast every [B, L, D]-sized activation the operator keeps for its backward
     is bf16 (a float32 mask once promoted every stage to float32), and nothing is kept that the
@@ -312,9 +291,9 @@ def test_operator_keeps_half_precision_activations_under_autocast():
     operator = make_operator(d_model=16, filter_length=64)
     inputs = torch.randn(8, 64, 16, requires_grad=True)
     mask = torch.ones(8, 64, 1)
-    float32 = saved_activations(lambda: operator(inputs, mask))
+    _, float32 = saved_activations(lambda: operator(inputs, mask))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        half = saved_activations(lambda: operator(inputs, mask))
+        _, half = saved_activations(lambda: operator(inputs, mask))
     large = [t for t in half if t.numel() >= inputs.numel()]
     assert large and all(t.dtype == torch.bfloat16 for t in large), [t.dtype for t in large]
     assert sum(t.untyped_storage().nbytes() for t in half) <= 0.55 * sum(

@@ -14,16 +14,19 @@ plus a learnable item bias.
 
 from __future__ import annotations
 
-from functools import partial
-
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from recbole_hyena.model.abstract_recommender import CausalSequentialRecommender
 from recbole_hyena.model.filters import KernelGenerator, build_kernel_generator
 from recbole_hyena.model.fused_norm import LayerNorm
-from recbole_hyena.model.layers import Dropout, HyenaOperator, PreNormBlock, ShortPath
+from recbole_hyena.model.layers import (
+    Dropout,
+    HyenaOperator,
+    PreNormBlock,
+    ShortPath,
+    checkpointed,
+)
 
 # glibc serves allocations above its mmap threshold (at most 32 MB) with fresh pages, which the
 # kernel zero-fills on first touch: at L=1000 and batch 128 those page faults took a third of a
@@ -147,10 +150,9 @@ class HyenaRec(CausalSequentialRecommender):
     ) -> torch.Tensor:
         mask = (item_seq > 0).unsqueeze(-1).to(self.item_embedding.weight.dtype)  # [B, L, 1]
         hidden = self.emb_dropout(self.item_embedding(item_seq))  # [B, L, H]
-        checkpointing = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         last = len(self.blocks) - 1
         for index, block in enumerate(self.blocks):
-            run = partial(checkpoint, block, use_reentrant=False) if checkpointing else block
+            run = checkpointed(block, self.gradient_checkpointing)
             hidden = run(hidden, mask, positions=positions if index == last else None)
         return hidden
 

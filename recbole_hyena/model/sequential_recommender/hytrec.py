@@ -31,7 +31,7 @@ from torch import nn
 
 from recbole_hyena.model.abstract_recommender import CausalSequentialRecommender
 from recbole_hyena.model.fused_norm import LayerNorm
-from recbole_hyena.model.layers import Dropout, PreNormBlock
+from recbole_hyena.model.layers import Dropout, PreNormBlock, checkpointed
 from recbole_hyena.model.tadn import TemporalDeltaNet
 
 
@@ -166,6 +166,7 @@ class HyTRec(CausalSequentialRecommender):
         self.tadn_conv_size = config["tadn_conv_size"]
         self.tadn_chunk_size = config["tadn_chunk_size"]
         self.tadn_backend = config["tadn_backend"]
+        self.gradient_checkpointing = config["gradient_checkpointing"]
         time_field = config["TIME_FIELD"]
         self.TIME_SEQ = time_field + config["LIST_SUFFIX"] if time_field else None
         if self.n_long_layers < 1:
@@ -285,10 +286,11 @@ class HyTRec(CausalSequentialRecommender):
 
         long_hidden = hidden
         for block in self.long_blocks:
+            run = checkpointed(block, self.gradient_checkpointing)
             if isinstance(block.mixer, TemporalDeltaNet):
-                long_hidden = block(long_hidden, gaps, mask)
+                long_hidden = run(long_hidden, gaps, mask)
             else:
-                long_hidden = block(long_hidden)
+                long_hidden = run(long_hidden)
         long_hidden = self.long_norm(long_hidden)  # [B, L, H]
         if not self.use_short_branch:
             return long_hidden
@@ -299,7 +301,9 @@ class HyTRec(CausalSequentialRecommender):
         long_summary = torch.cat([empty, long_hidden], dim=1)[:, :seq_len]  # [B, L, H]
         short_hidden = hidden
         for block in self.short_blocks:
-            short_hidden = block(short_hidden, memory=long_summary)
+            short_hidden = checkpointed(block, self.gradient_checkpointing)(
+                short_hidden, memory=long_summary
+            )
         short_hidden = self.short_norm(short_hidden)  # [B, L, H]
         gate = torch.sigmoid(self.fusion_gate(torch.cat([long_summary, short_hidden], dim=-1)))
         return gate * long_summary + (1 - gate) * short_hidden
