@@ -12,6 +12,8 @@ What the plugin's causal models share.
   ``forward_sequence`` and get RecBole's ``forward`` (last valid position), weight-tied scores
   with an optional learnable item bias, the prefix losses (CE or BPR), ``predict`` and
   ``full_sort_predict``.
+- ``read_block_chunk_size`` and ``sequences_per_chunk``: the ``block_chunk_size`` option of the
+  models that run their layers a chunk of sequences at a time.
 """
 
 from __future__ import annotations
@@ -24,6 +26,34 @@ from torch import nn
 # Prefix of the per-position target field written by the all-position data path:
 # "target_" + ITEM_SEQ, e.g. ``target_item_id_list``; 0 marks a position without a target.
 TARGET_PREFIX = "target_"
+# glibc serves allocations above its mmap threshold (at most 32 MB) with fresh pages, which the
+# kernel zero-fills on first touch: at L=1000 and batch 128 those page faults took a third of
+# HyenaRec's CPU training step (and HyTRec spent 5.4 of its 17 CPU seconds a step in the kernel).
+# ``block_chunk_size: auto`` keeps a model's widest tensors below this size.
+CPU_CHUNK_BYTES = 24 * 2**20
+
+
+def read_block_chunk_size(config) -> int | str:
+    """The ``block_chunk_size`` option: ``auto`` or an int >= 0 (0 or unset: the whole batch)."""
+    value = config["block_chunk_size"] or 0
+    if value != "auto" and (not isinstance(value, int) or value < 0):
+        raise ValueError(
+            f"block_chunk_size must be 'auto' or an int >= 0 (0: the whole batch), got [{value}]"
+        )
+    return value
+
+
+def sequences_per_chunk(setting: int | str, item_seq: torch.Tensor, bytes_per_position: int) -> int:
+    """Sequences per chunk under ``block_chunk_size: setting``. ``auto``: whole batches on
+    accelerators (their caching allocators reuse memory); on CPU as many sequences as keep the
+    model's widest tensor, ``bytes_per_position`` per position, within ``CPU_CHUNK_BYTES``.
+    Every layer is per sequence, so chunking changes no result (dropout masks are drawn per
+    chunk)."""
+    if setting == "auto":
+        if item_seq.device.type != "cpu":
+            return len(item_seq)
+        return max(1, CPU_CHUNK_BYTES // (item_seq.shape[1] * bytes_per_position))
+    return setting or len(item_seq)
 
 
 class AllPositionMixin:

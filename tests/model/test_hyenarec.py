@@ -5,6 +5,8 @@ from functools import partial
 import pytest
 import torch
 
+from recbole_hyena.model.abstract_recommender import sequences_per_chunk
+
 from conftest import build_model, random_sequences, saved_activations
 
 
@@ -156,7 +158,8 @@ def test_auto_block_chunks_keep_cpu_tensors_small_and_change_nothing():
     model = build_model(MAX_ITEM_LIST_LENGTH=2000, block_chunk_size="auto")
     items = torch.ones(128, 2000, dtype=torch.long)
     # 384 short-path channels x 2000 positions x 4 bytes per sequence, 24 MiB per chunk
-    assert model._auto_chunk_size(items) == 24 * 2**20 // (384 * 2000 * 4)
+    chunk = sequences_per_chunk(model.block_chunk_size, items, model._bytes_per_position())
+    assert chunk == 24 * 2**20 // (384 * 2000 * 4)
     items, lengths = random_sequences(5, 30, 50)
     whole = build_model(MAX_ITEM_LIST_LENGTH=30).forward_sequence(items, lengths)
     auto = build_model(MAX_ITEM_LIST_LENGTH=30, block_chunk_size="auto")

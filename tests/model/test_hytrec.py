@@ -114,6 +114,19 @@ def test_trains_a_step(mode, overrides):
     assert model.calculate_loss(batch).item() < loss.item()
 
 
+@pytest.mark.parametrize("chunk", [2, "auto"])
+def test_block_chunks_change_nothing(chunk):
+    """Every layer is per sequence: chunks of the batch give the whole batch's outputs."""
+    items, lengths = random_sequences(5, 20, N_ITEMS, seed=4)
+    times = random_times(items)
+    whole = build_model("HyTRec", N_ITEMS, block_chunk_size=0, **SMALL).eval()
+    chunked = build_model("HyTRec", N_ITEMS, block_chunk_size=chunk, **SMALL).eval()
+    expected = whole.forward_sequence(items, lengths, times)
+    torch.testing.assert_close(chunked.forward_sequence(items, lengths, times), expected)
+    with pytest.raises(ValueError, match="block_chunk_size"):
+        build_model("HyTRec", N_ITEMS, block_chunk_size=-1)
+
+
 def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
     """Recomputing each block in the backward replays its dropout masks and its TADN state."""
     items, lengths = random_sequences(5, 20, N_ITEMS, seed=2)

@@ -17,7 +17,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from recbole_hyena.model.abstract_recommender import CausalSequentialRecommender
+from recbole_hyena.model.abstract_recommender import (
+    CausalSequentialRecommender,
+    read_block_chunk_size,
+    sequences_per_chunk,
+)
 from recbole_hyena.model.filters import KernelGenerator, build_kernel_generator
 from recbole_hyena.model.fused_norm import LayerNorm
 from recbole_hyena.model.layers import (
@@ -27,11 +31,6 @@ from recbole_hyena.model.layers import (
     ShortPath,
     checkpointed,
 )
-
-# glibc serves allocations above its mmap threshold (at most 32 MB) with fresh pages, which the
-# kernel zero-fills on first touch: at L=1000 and batch 128 those page faults took a third of a
-# CPU training step. ``block_chunk_size: auto`` keeps the block's tensors below this size.
-CPU_CHUNK_BYTES = 24 * 2**20
 
 
 class HyenaRec(CausalSequentialRecommender):
@@ -61,14 +60,7 @@ class HyenaRec(CausalSequentialRecommender):
         self.short_conv_dilation = config["short_conv_dilation"]
         self.use_glu = config["use_glu"]
         self.gradient_checkpointing = config["gradient_checkpointing"]
-        self.block_chunk_size = config["block_chunk_size"] or 0
-        if self.block_chunk_size != "auto" and (
-            not isinstance(self.block_chunk_size, int) or self.block_chunk_size < 0
-        ):
-            raise ValueError(
-                "block_chunk_size must be 'auto' or an int >= 0 (0: the whole batch), got "
-                f"[{self.block_chunk_size}]"
-            )
+        self.block_chunk_size = read_block_chunk_size(config)
 
         # define layers and loss
         self.item_embedding = nn.Embedding(self.n_items, self.hidden_size, padding_idx=0)
@@ -135,9 +127,7 @@ class HyenaRec(CausalSequentialRecommender):
         no full-batch ``[B, L, H]`` tensor is built. With ``gradient_checkpointing`` only each
         block's input is kept for the backward pass, which recomputes the block's activations
         (same dropout masks), so the peak memory follows the chunk, not the batch."""
-        chunk = self.block_chunk_size or len(item_seq)
-        if chunk == "auto":
-            chunk = self._auto_chunk_size(item_seq)
+        chunk = sequences_per_chunk(self.block_chunk_size, item_seq, self._bytes_per_position())
         item_chunks = item_seq.split(chunk)
         position_chunks = [None] * len(item_chunks) if positions is None else positions.split(chunk)
         outputs = [
@@ -156,19 +146,10 @@ class HyenaRec(CausalSequentialRecommender):
             hidden = run(hidden, mask, positions=positions if index == last else None)
         return hidden
 
-    def _auto_chunk_size(self, item_seq: torch.Tensor) -> int:
-        """Whole batches on accelerators (their caching allocators reuse memory); on CPU, as many
-        sequences as keep the block's widest tensor, the short path's, within
-        ``CPU_CHUNK_BYTES``."""
-        if item_seq.device.type != "cpu":
-            return len(item_seq)
-        short_path = self.blocks[0].mixer.short_path
-        bytes_per_sequence = (
-            item_seq.shape[1]
-            * short_path.in_proj.out_features
-            * self.item_embedding.weight.element_size()
-        )
-        return max(1, CPU_CHUNK_BYTES // bytes_per_sequence)
+    def _bytes_per_position(self) -> int:
+        """Of the block's widest tensor, the short path's (for ``sequences_per_chunk``)."""
+        width = self.blocks[0].mixer.short_path.in_proj.out_features
+        return width * self.item_embedding.weight.element_size()
 
 
 # The paper's ablations (Table 4 and Appendix C). Each is HyenaRec under another name with its

@@ -29,7 +29,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recbole_hyena.model.abstract_recommender import CausalSequentialRecommender
+from recbole_hyena.model.abstract_recommender import (
+    CausalSequentialRecommender,
+    read_block_chunk_size,
+    sequences_per_chunk,
+)
 from recbole_hyena.model.fused_norm import LayerNorm
 from recbole_hyena.model.layers import Dropout, PreNormBlock, checkpointed
 from recbole_hyena.model.tadn import TemporalDeltaNet
@@ -167,6 +171,7 @@ class HyTRec(CausalSequentialRecommender):
         self.tadn_chunk_size = config["tadn_chunk_size"]
         self.tadn_backend = config["tadn_backend"]
         self.gradient_checkpointing = config["gradient_checkpointing"]
+        self.block_chunk_size = read_block_chunk_size(config)
         time_field = config["TIME_FIELD"]
         self.TIME_SEQ = time_field + config["LIST_SUFFIX"] if time_field else None
         if self.n_long_layers < 1:
@@ -274,9 +279,21 @@ class HyTRec(CausalSequentialRecommender):
         time_seq: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Representations at every position ``[B, L, H]``; ``time_seq`` defaults to the time
-        list of the interaction being scored (see ``_times_of``)."""
+        list of the interaction being scored (see ``_times_of``). Runs ``block_chunk_size``
+        sequences at a time (see ``sequences_per_chunk``)."""
         if time_seq is None:
             time_seq = self._time_seq
+        widest = max(self.inner_size, 3 * self.hidden_size)  # the MLP's or q/k/v's features
+        chunk = sequences_per_chunk(
+            self.block_chunk_size, item_seq, widest * self.item_embedding.weight.element_size()
+        )
+        if chunk >= len(item_seq):
+            return self._forward_chunk(item_seq, time_seq)
+        items = item_seq.split(chunk)
+        times = [None] * len(items) if time_seq is None else time_seq.split(chunk)
+        return torch.cat([self._forward_chunk(*pair) for pair in zip(items, times)])
+
+    def _forward_chunk(self, item_seq: torch.Tensor, time_seq: torch.Tensor | None) -> torch.Tensor:
         mask = item_seq > 0  # [B, L]
         gaps, buckets = self.time_gaps(item_seq, time_seq)
         hidden = self.item_embedding(item_seq)  # [B, L, H]
