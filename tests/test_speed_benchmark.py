@@ -2,7 +2,10 @@
 
 import csv
 import importlib.util
+import json
 import math
+import os
+import subprocess
 
 import pytest
 import torch
@@ -51,6 +54,32 @@ def test_compile_runs_every_model_compiled_and_says_so(tmp_path):
     assert [row["status"] for row in rows] == ["ok", "ok"], rows
     header = (tmp_path / "speed_compiled.csv").read_text()
     assert "# torch_compile: calculate_loss and full_sort_predict of every model" in header
+
+
+def test_keep_freed_memory_reaches_the_children_and_the_header(tmp_path, monkeypatch):
+    """The allocator setting goes into every child's environment, and the CSV says which."""
+    environments = []
+
+    def fake_run(command, **kwargs):
+        if "env" not in kwargs:  # describe_machine's git call
+            return subprocess.CompletedProcess(command, 0, stdout="abc1234\n", stderr="")
+        environments.append(kwargs["env"])
+        result = {"status": "ok", "train_ms": 1.0}
+        return subprocess.CompletedProcess(
+            command, 0, stdout=speed.RESULT_PREFIX + json.dumps(result) + "\n", stderr=""
+        )
+
+    monkeypatch.setattr(speed.subprocess, "run", fake_run)
+    for flag, tag in (["--keep-freed-memory"], "keep"), ([], "default"):
+        speed.main(
+            ["--models", "HyenaRec", "--lengths", "16", "--device", "cpu", "--out", str(tmp_path)]
+            + ["--tag", tag, *flag]
+        )
+    keep, default = environments
+    assert keep["GLIBC_TUNABLES"] == speed.GLIBC_KEEP_FREED
+    assert default.get("GLIBC_TUNABLES") == os.environ.get("GLIBC_TUNABLES")
+    assert "# cpu_allocator: glibc keeps freed memory" in (tmp_path / "speed_keep.csv").read_text()
+    assert "# cpu_allocator: glibc's defaults" in (tmp_path / "speed_default.csv").read_text()
 
 
 def test_time_outs_are_rows_and_larger_lengths_are_skipped(tmp_path):
