@@ -81,7 +81,6 @@ def _model_settings(args: argparse.Namespace) -> dict:
 
 def measure(label: str, seq_len: int, dtype_name: str, args: argparse.Namespace) -> dict:
     import torch
-    from recbole.data.interaction import Interaction
 
     if args.as_gpu:
         from recbole_hyena.model import layers
@@ -108,15 +107,7 @@ def measure(label: str, seq_len: int, dtype_name: str, args: argparse.Namespace)
     torch.autograd.set_detect_anomaly(False)  # RecBole's sine.py switches it on at import
     model.train()
     generator = torch.Generator().manual_seed(0)
-    batch = Interaction(
-        {
-            model.ITEM_SEQ: torch.randint(
-                1, args.n_items, (args.batch, seq_len), generator=generator
-            ),
-            model.ITEM_SEQ_LEN: torch.full((args.batch,), seq_len, dtype=torch.long),
-            model.POS_ITEM_ID: torch.randint(1, args.n_items, (args.batch,), generator=generator),
-        }
-    )
+    batch = speed.synthetic_batch(model, args.batch, seq_len, args.n_items, generator)
     dtype = {"fp32": None, "bf16": torch.bfloat16}[dtype_name]
     total = saved_bytes(model, batch, dtype)
     return {

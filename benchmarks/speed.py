@@ -187,6 +187,21 @@ def parse_model_label(label: str) -> tuple[str, dict]:
     return name, overrides
 
 
+def synthetic_batch(model, size: int, seq_len: int, n_items: int, generator):
+    """A batch of ``size`` full-length random sequences over ``n_items`` items with a random
+    next item each: what ``calculate_loss`` (CE at the last position) and the ranking take."""
+    import torch
+    from recbole.data.interaction import Interaction
+
+    return Interaction(
+        {
+            model.ITEM_SEQ: torch.randint(1, n_items, (size, seq_len), generator=generator),
+            model.ITEM_SEQ_LEN: torch.full((size,), seq_len, dtype=torch.long),
+            model.POS_ITEM_ID: torch.randint(1, n_items, (size,), generator=generator),
+        }
+    )
+
+
 def _build_model(spec: dict):
     import importlib
 
@@ -260,7 +275,6 @@ def run_child(spec: dict) -> None:
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
     import torch
-    from recbole.data.interaction import Interaction
 
     result: dict = {"status": "error", "note": ""}
 
@@ -305,14 +319,8 @@ def run_child(spec: dict) -> None:
     batch_size, seq_len, n_items = spec["batch"], spec["seq_len"], spec["n_items"]
     generator = torch.Generator().manual_seed(spec["seed"])
 
-    def make_batch(size: int) -> Interaction:
-        return Interaction(
-            {
-                model.ITEM_SEQ: torch.randint(1, n_items, (size, seq_len), generator=generator),
-                model.ITEM_SEQ_LEN: torch.full((size,), seq_len, dtype=torch.long),
-                model.POS_ITEM_ID: torch.randint(1, n_items, (size,), generator=generator),
-            }
-        ).to(device)
+    def make_batch(size: int):
+        return synthetic_batch(model, size, seq_len, n_items, generator).to(device)
 
     try:
         model.eval()

@@ -12,11 +12,13 @@ What the plugin's causal models share.
   ``forward_sequence`` and get RecBole's ``forward`` (last valid position), weight-tied scores
   with an optional learnable item bias, the prefix losses (CE or BPR), ``predict`` and
   ``full_sort_predict``.
-- ``read_block_chunk_size`` and ``sequences_per_chunk``: the ``block_chunk_size`` option of the
-  models that run their layers a chunk of sequences at a time.
+- ``read_block_chunk_size``, ``sequences_per_chunk`` and ``map_chunks``: the ``block_chunk_size``
+  option of the models that run their layers a chunk of sequences at a time.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from recbole.model.abstract_recommender import SequentialRecommender
@@ -54,6 +56,18 @@ def sequences_per_chunk(setting: int | str, item_seq: torch.Tensor, bytes_per_po
             return len(item_seq)
         return max(1, CPU_CHUNK_BYTES // (item_seq.shape[1] * bytes_per_position))
     return setting or len(item_seq)
+
+
+def map_chunks(
+    function: Callable[..., torch.Tensor], chunk: int, *tensors: torch.Tensor | None
+) -> torch.Tensor:
+    """``function`` on successive chunks of ``chunk`` rows of ``tensors`` (a ``None`` is passed
+    as ``None`` to every call), the results concatenated; one call when a chunk holds them all."""
+    rows = len(tensors[0])
+    if chunk >= rows:
+        return function(*tensors)
+    pieces = [[None] * -(-rows // chunk) if t is None else t.split(chunk) for t in tensors]
+    return torch.cat([function(*arguments) for arguments in zip(*pieces)])
 
 
 class AllPositionMixin:

@@ -19,6 +19,7 @@ from torch import nn
 
 from recbole_hyena.model.abstract_recommender import (
     CausalSequentialRecommender,
+    map_chunks,
     read_block_chunk_size,
     sequences_per_chunk,
 )
@@ -128,12 +129,7 @@ class HyenaRec(CausalSequentialRecommender):
         block's input is kept for the backward pass, which recomputes the block's activations
         (same dropout masks), so the peak memory follows the chunk, not the batch."""
         chunk = sequences_per_chunk(self.block_chunk_size, item_seq, self._bytes_per_position())
-        item_chunks = item_seq.split(chunk)
-        position_chunks = [None] * len(item_chunks) if positions is None else positions.split(chunk)
-        outputs = [
-            self._run_stack(items, last) for items, last in zip(item_chunks, position_chunks)
-        ]
-        return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+        return map_chunks(self._run_stack, chunk, item_seq, positions)
 
     def _run_stack(
         self, item_seq: torch.Tensor, positions: torch.Tensor | None = None

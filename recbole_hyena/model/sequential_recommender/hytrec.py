@@ -31,6 +31,7 @@ from torch import nn
 
 from recbole_hyena.model.abstract_recommender import (
     CausalSequentialRecommender,
+    map_chunks,
     read_block_chunk_size,
     sequences_per_chunk,
 )
@@ -287,11 +288,7 @@ class HyTRec(CausalSequentialRecommender):
         chunk = sequences_per_chunk(
             self.block_chunk_size, item_seq, widest * self.item_embedding.weight.element_size()
         )
-        if chunk >= len(item_seq):
-            return self._forward_chunk(item_seq, time_seq)
-        items = item_seq.split(chunk)
-        times = [None] * len(items) if time_seq is None else time_seq.split(chunk)
-        return torch.cat([self._forward_chunk(*pair) for pair in zip(items, times)])
+        return map_chunks(self._forward_chunk, chunk, item_seq, time_seq)
 
     def _forward_chunk(self, item_seq: torch.Tensor, time_seq: torch.Tensor | None) -> torch.Tensor:
         mask = item_seq > 0  # [B, L]
