@@ -507,6 +507,13 @@ class FeedForward(nn.Module):
         return self.net(inputs)
 
 
+def gather_positions(values: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """``values[b, positions[b]]``: ``[B, L, ...]`` at ``positions`` ``[B]`` (one position per
+    sequence) -> ``[B, ...]``, or ``[B, R]`` -> ``[B, R, ...]``."""
+    rows = torch.arange(len(values), device=values.device)
+    return values[rows.view(-1, *[1] * (positions.dim() - 1)), positions]
+
+
 def checkpointed(block: nn.Module, enabled: bool) -> Callable[..., torch.Tensor]:
     """``block`` itself, or, when ``enabled`` and the block is training with gradients on,
     ``block`` under activation checkpointing: only its inputs are kept for the backward pass,
@@ -546,14 +553,15 @@ class PreNormBlock(nn.Module):
         positions: torch.Tensor | None = None,
         **mixer_kwargs,
     ) -> torch.Tensor:
-        """``[B, L, D] -> [B, L, D]``; with ``positions`` (``[B]``, for a mixer that accepts
-        them) the block's output at those positions only, ``[B, D]``: everything after the
-        mixer works per position, so the rest of the block runs on B rows instead of B x L."""
+        """``[B, L, D] -> [B, L, D]``; with ``positions`` (``[B]`` or ``[B, R]``, for a mixer
+        that accepts them) the block's output at those positions only, ``[B, D]`` or
+        ``[B, R, D]``: everything after the mixer works per position, so the rest of the block
+        runs on B (x R) rows instead of B x L."""
         normed = self.mixer_norm(hidden)
         if positions is None:
             mixed = self.mixer(normed, *mixer_args, **mixer_kwargs)
         else:
             mixed = self.mixer(normed, *mixer_args, positions=positions, **mixer_kwargs)
-            hidden = hidden[torch.arange(len(hidden), device=hidden.device), positions]
+            hidden = gather_positions(hidden, positions)
         hidden = hidden + self.dropout(mixed)
         return hidden + self.dropout(self.ffn(self.ffn_norm(hidden)))

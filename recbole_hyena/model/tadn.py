@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recbole_hyena.model.layers import CausalShortConv, projected_causal_conv
+from recbole_hyena.model.layers import CausalShortConv, gather_positions, projected_causal_conv
 
 try:  # optional GPU kernels; everything works without them
     from fla.ops.gated_delta_rule import chunk_gated_delta_rule as _fla_chunk_gated_delta_rule
@@ -145,32 +145,47 @@ def delta_rule_chunked(
 
     beta_ = beta.unsqueeze(-1)
     beta_k = beta_ * k
-    # A (strictly lower); the solver takes the unit diagonal of I + A as given
-    system = (beta_k @ k.transpose(-1, -2)) * gamma.tril(-1)
+    # A (strictly lower) and the scores Q K^T * Gamma in one product, as both multiply K^T. The
+    # solver reads only the strict lower triangle of I + A (unitriangular) and its backward
+    # returns a gradient there alone, so A keeps Gamma's diagonal unmasked.
+    products = torch.cat([beta_k, q], dim=-2) @ k.transpose(-1, -2)  # [B, H, N, 2C, C]
+    products = products.unflatten(-2, (2, chunk_size)) * gamma.unsqueeze(-3)
+    system, scores = products.unbind(dim=-3)
     rhs = torch.cat([beta_ * v, beta_k * log_g.exp().unsqueeze(-1)], dim=-1)
     solved = torch.linalg.solve_triangular(system, rhs, upper=False, unitriangular=True)
     values, keys_w = solved.split([d_v, d_k], dim=-1)  # U_v [.., C, d_v], W [.., C, d_k]
 
-    scores = (q @ k.transpose(-1, -2)) * gamma  # [B, H, N, C, C]
-    q_decayed = q * log_g.exp().unsqueeze(-1)
-    k_to_end = k * (log_g[..., -1:] - log_g).exp().unsqueeze(-1)
-    chunk_decay = log_g[..., -1].exp()  # [B, H, N]
+    # Across chunks the state follows S_{n+1} = S_n M_n + E_n with
+    # M_n = g_C I - W^T diag(g_C / g) K and E_n = U_v^T diag(g_C / g) K, both computed for all
+    # chunks at once: the sequential loop is one fused multiply-add per chunk, which keeps the
+    # per-step overhead small when a long sequence makes hundreds of chunks.
+    k_to_end = k * (log_g[..., -1:] - log_g).exp().unsqueeze(-1)  # [B, H, N, C, d_k]
+    chunk_decay = log_g[..., -1].exp()[..., None, None]  # [B, H, N, 1, 1]
+    identity = torch.eye(d_k, dtype=k.dtype, device=k.device)
+    writes, keys_w_to_end = (solved.transpose(-1, -2) @ k_to_end).split([d_v, d_k], dim=-2)
+    transitions = chunk_decay * identity - keys_w_to_end  # [B, H, N, d_k, d_k]
 
     state = initial_state
     if state is None:
         state = q.new_zeros(batch, heads, d_v, d_k)
-    outputs = []
+    state = state.reshape(batch * heads, d_v, d_k)
     # unbind once: indexing chunk n in the loop would make autograd write a full-size gradient
     # per chunk (quadratic in the number of chunks)
-    per_chunk = zip(
-        *(x.unbind(dim=2) for x in (values, keys_w, q_decayed, scores, k_to_end, chunk_decay))
-    )
-    for chunk_values, chunk_w, chunk_q, chunk_scores, chunk_k, chunk_decay_n in per_chunk:
-        state_t = state.transpose(-1, -2)  # [B, H, d_k, d_v]
-        pseudo_values = chunk_values - chunk_w @ state_t  # [B, H, C, d_v]
-        outputs.append(chunk_q @ state_t + chunk_scores @ pseudo_values)
-        state = chunk_decay_n[..., None, None] * state + pseudo_values.transpose(-1, -2) @ chunk_k
-    outputs = torch.stack(outputs, dim=2).reshape(batch, heads, n_chunks * chunk_size, d_v)
+    states = []
+    for transition, write in zip(
+        transitions.flatten(0, 1).unbind(dim=1), writes.flatten(0, 1).unbind(dim=1)
+    ):
+        states.append(state)
+        state = torch.baddbmm(write, state, transition)
+    states_before = torch.stack(states, dim=1).view(batch, heads, n_chunks, d_v, d_k)
+    state = state.view(batch, heads, d_v, d_k)
+
+    # U = U_v - W S_0^T; O = diag(g) Q S_0^T + (Q K^T * Gamma) U, batched over all chunks
+    q_decayed = q * log_g.exp().unsqueeze(-1)
+    read = torch.cat([keys_w, q_decayed], dim=-2) @ states_before.transpose(-1, -2)
+    keys_w_read, q_read = read.split(chunk_size, dim=-2)  # W S_0^T, diag(g) Q S_0^T
+    outputs = q_read + scores @ (values - keys_w_read)
+    outputs = outputs.reshape(batch, heads, n_chunks * chunk_size, d_v)
     return outputs[:, :, :seq_len], state
 
 
@@ -377,9 +392,10 @@ class TemporalDeltaNet(nn.Module):
         return F.normalize(query, dim=-1), F.normalize(key, dim=-1), value
 
     def _output(self, outputs: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
-        """Per-head RMSNorm, SiLU output gate, projection: ``[B, H, L, d] -> [B, L, D]``."""
+        """Per-head RMSNorm, SiLU output gate, projection: outputs ``[..., H, d]`` with inputs
+        ``[..., D]`` -> ``[..., D]``."""
         outputs = outputs * torch.rsqrt(outputs.pow(2).mean(-1, keepdim=True) + self.norm_eps)
-        outputs = (outputs * self.norm_weight).transpose(1, 2).reshape(inputs.shape)
+        outputs = (outputs * self.norm_weight).reshape(inputs.shape)
         return self.out_proj(outputs * F.silu(self.gate_proj(inputs)))
 
     def forward(
@@ -388,9 +404,13 @@ class TemporalDeltaNet(nn.Module):
         gaps: torch.Tensor,
         mask: torch.Tensor | None = None,
         backend: str | None = None,
+        positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``inputs`` ``[B, L, D]``, ``gaps`` ``[B, L]`` (units of tau), ``mask`` ``[B, L]``
-        (True at events) -> ``[B, L, D]``. ``backend`` overrides the layer's kernel choice."""
+        (True at events) -> ``[B, L, D]``; with ``positions`` (``[B]`` or ``[B, R]``) only
+        there, ``[B, D]`` or ``[B, R, D]``: the recurrence still runs over every event, the
+        output gate and projection at those positions only. ``backend`` overrides the layer's
+        kernel choice."""
         if mask is not None:
             inputs_at_events = inputs * mask.unsqueeze(-1).to(inputs.dtype)
         else:
@@ -405,6 +425,10 @@ class TemporalDeltaNet(nn.Module):
         outputs, _ = gated_delta_rule(
             query, key, value, log_alpha, beta, backend or self.backend, self.chunk_size
         )
+        outputs = outputs.transpose(1, 2)  # [B, L, H, d]
+        if positions is not None:
+            outputs = gather_positions(outputs, positions)
+            inputs = gather_positions(inputs, positions)
         return self._output(outputs, inputs)
 
     def step(
@@ -429,7 +453,7 @@ class TemporalDeltaNet(nn.Module):
         query, key, value = self._qkv(qkv.unsqueeze(1))
         log_alpha, beta = self.gates(inputs.unsqueeze(1), gaps.unsqueeze(1))
         outputs, state = delta_rule_recurrent(query, key, value, log_alpha, beta, cache.state)
-        return self._output(outputs, inputs.unsqueeze(1)).squeeze(1), TADNCache(state, conv_inputs)
+        return self._output(outputs.squeeze(2), inputs), TADNCache(state, conv_inputs)
 
 
 def _log_spaced(low: float, high: float, count: int) -> torch.Tensor:

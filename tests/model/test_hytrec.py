@@ -164,6 +164,68 @@ def test_full_sort_predict_agrees_with_predict(use_short_branch):
         torch.testing.assert_close(model.predict(batch), scores[torch.arange(5), candidates])
 
 
+LAST_POSITION_CASES = [
+    {},  # the short branch's span (2 x 3 + 1 = 7 events) inside L=20
+    {"use_short_branch": False},
+    {"linear_softmax_ratio": 0},  # softmax attention at the span's positions only
+    {"linear_softmax_ratio": 4},  # TADN last
+    {"long_attn_window": 3},
+    {"n_short_layers": 3, "short_window": 6},  # span 16
+    {"short_window": 12},  # span 23 > L: every position runs
+    {"block_chunk_size": 2},
+]
+
+
+def last_position_batch():
+    """Lengths from 1 to L, some shorter than the short branch's span, some longer."""
+    lengths = torch.tensor([1, 2, 6, 7, 8, 13, 19, 20, 20])
+    items, _ = random_sequences(9, 20, N_ITEMS, lengths=lengths, seed=5)
+    return items, lengths, random_times(items)
+
+
+@pytest.mark.parametrize("overrides", LAST_POSITION_CASES, ids=lambda o: ",".join(o) or "default")
+def test_forward_is_forward_sequence_at_the_last_valid_position(overrides):
+    """``forward`` runs the short branch on each scored position's span and the long branch's
+    last block at the span's summary positions; the result must not change."""
+    model = build_model("HyTRec", N_ITEMS, **{**SMALL, **overrides})
+    items, lengths, times = last_position_batch()
+    with torch.no_grad():
+        full = model.forward_sequence(items, lengths, times)
+        torch.testing.assert_close(
+            model.forward(items, lengths, times),
+            full[torch.arange(9), lengths - 1],
+            atol=1e-6,
+            rtol=1e-5,
+        )
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {"linear_softmax_ratio": 0}, {"gradient_checkpointing": True, "block_chunk_size": 4}],
+    ids=["default", "softmax-last", "checkpointing"],
+)
+def test_last_position_forward_trains_like_the_full_sequence(overrides):
+    """Prefix training's loss and every gradient through ``forward`` equal those through
+    ``forward_sequence`` gathered at the last positions (dropout off, training mode)."""
+    items, lengths, times = last_position_batch()
+    targets = torch.randint(1, N_ITEMS, (9,))
+    results = []
+    for last_only in (True, False):
+        model = build_model("HyTRec", N_ITEMS, hidden_dropout_prob=0.0, **{**SMALL, **overrides})
+        model.train()
+        if last_only:
+            output = model.forward(items, lengths, times)
+        else:
+            output = model.forward_sequence(items, lengths, times)[torch.arange(9), lengths - 1]
+        loss = torch.nn.functional.cross_entropy(model.item_scores(output), targets)
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad for n, p in model.named_parameters()}))
+    (loss, grads), (reference_loss, reference_grads) = results
+    torch.testing.assert_close(loss, reference_loss)
+    for name, grad in reference_grads.items():
+        torch.testing.assert_close(grads[name], grad, atol=1e-6, rtol=1e-5, msg=name)
+
+
 @pytest.mark.parametrize("overrides", [{}, {"use_short_branch": False}, {"long_attn_window": 3}])
 def test_right_padding_invariance(overrides):
     model = build_model("HyTRec", N_ITEMS, **{**SMALL, **overrides})

@@ -36,7 +36,7 @@ from recbole_hyena.model.abstract_recommender import (
     sequences_per_chunk,
 )
 from recbole_hyena.model.fused_norm import LayerNorm
-from recbole_hyena.model.layers import Dropout, PreNormBlock, checkpointed
+from recbole_hyena.model.layers import Dropout, PreNormBlock, checkpointed, gather_positions
 from recbole_hyena.model.tadn import TemporalDeltaNet
 
 
@@ -69,18 +69,48 @@ class CausalSelfAttention(nn.Module):
     def _heads(self, x: torch.Tensor) -> torch.Tensor:  # [B, L, D] -> [B, H, L, d]
         return x.view(*x.shape[:2], self.n_heads, self.head_dim).transpose(1, 2)
 
-    def forward(self, inputs: torch.Tensor, memory: torch.Tensor | None = None) -> torch.Tensor:
-        query, key, value = (self._heads(x) for x in self.qkv_proj(inputs).chunk(3, dim=-1))
+    def forward(
+        self,
+        inputs: torch.Tensor,
+        memory: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``[B, L, D] -> [B, L, D]``; with ``positions`` (``[B]`` or ``[B, R]``) the outputs at
+        those positions only, ``[B, D]`` or ``[B, R, D]``. Full attention then projects queries
+        and attends at those positions alone; the windowed form computes every position."""
+        if memory is not None and self.window <= 0:
+            raise ValueError("a memory token needs the windowed attention (window > 0)")
         dropout = self.dropout if self.training else 0.0
+        if positions is not None and self.window <= 0:
+            return self._attend_at(inputs, positions, dropout)
+        query, key, value = (self._heads(x) for x in self.qkv_proj(inputs).chunk(3, dim=-1))
         if self.window <= 0:
-            if memory is not None:
-                raise ValueError("a memory token needs the windowed attention (window > 0)")
             outputs = F.scaled_dot_product_attention(
                 query, key, value, dropout_p=dropout, is_causal=True
             )
         else:
             outputs = self._windowed(query, key, value, memory, dropout)
-        return self.out_proj(outputs.transpose(1, 2).reshape(inputs.shape))
+        outputs = self.out_proj(outputs.transpose(1, 2).reshape(inputs.shape))
+        return outputs if positions is None else gather_positions(outputs, positions)
+
+    def _attend_at(self, inputs: torch.Tensor, positions: torch.Tensor, dropout: float):
+        """Causal attention of the queries at ``positions`` over every earlier event."""
+        queries_at = positions if positions.dim() == 2 else positions.unsqueeze(1)  # [B, R]
+        sizes = [inputs.shape[-1], 2 * inputs.shape[-1]]
+        query_weight, key_value_weight = self.qkv_proj.weight.split(sizes)
+        query_bias, key_value_bias = self.qkv_proj.bias.split(sizes)
+        query = F.linear(gather_positions(inputs, queries_at), query_weight, query_bias)
+        key, value = F.linear(inputs, key_value_weight, key_value_bias).chunk(2, dim=-1)
+        visible = torch.arange(inputs.shape[1], device=inputs.device) <= queries_at.unsqueeze(-1)
+        outputs = F.scaled_dot_product_attention(
+            self._heads(query),
+            self._heads(key),
+            self._heads(value),
+            attn_mask=visible.unsqueeze(1),  # [B, 1, R, L]
+            dropout_p=dropout,
+        )
+        outputs = self.out_proj(outputs.transpose(1, 2).flatten(2))  # [B, R, D]
+        return outputs if positions.dim() == 2 else outputs.squeeze(1)
 
     def _windowed(self, query, key, value, memory, dropout) -> torch.Tensor:
         batch, heads, seq_len, head_dim = query.shape
@@ -273,6 +303,17 @@ class HyTRec(CausalSequentialRecommender):
         buckets = 1 + torch.log2(1 + gaps).floor().long().clamp(max=self.n_time_buckets - 2)
         return gaps / unit, buckets * has_previous
 
+    def forward(
+        self,
+        item_seq: torch.Tensor,
+        item_seq_len: torch.Tensor,
+        time_seq: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Representations at the last valid positions, ``[B, H]`` (prefix training and every
+        evaluation): equal to ``forward_sequence`` gathered there, at a fraction of its cost
+        (see ``_forward_chunk``)."""
+        return self._representations(item_seq, time_seq, item_seq_len - 1)
+
     def forward_sequence(
         self,
         item_seq: torch.Tensor,
@@ -280,17 +321,46 @@ class HyTRec(CausalSequentialRecommender):
         time_seq: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Representations at every position ``[B, L, H]``; ``time_seq`` defaults to the time
-        list of the interaction being scored (see ``_times_of``). Runs ``block_chunk_size``
-        sequences at a time (see ``sequences_per_chunk``)."""
+        list of the interaction being scored (see ``_times_of``)."""
+        return self._representations(item_seq, time_seq)
+
+    def _representations(
+        self,
+        item_seq: torch.Tensor,
+        time_seq: torch.Tensor | None,
+        positions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``_forward_chunk`` on ``block_chunk_size`` sequences at a time (see
+        ``sequences_per_chunk``)."""
         if time_seq is None:
             time_seq = self._time_seq
         widest = max(self.inner_size, 3 * self.hidden_size)  # the MLP's or q/k/v's features
         chunk = sequences_per_chunk(
             self.block_chunk_size, item_seq, widest * self.item_embedding.weight.element_size()
         )
-        return map_chunks(self._forward_chunk, chunk, item_seq, time_seq)
+        return map_chunks(self._forward_chunk, chunk, item_seq, time_seq, positions)
 
-    def _forward_chunk(self, item_seq: torch.Tensor, time_seq: torch.Tensor | None) -> torch.Tensor:
+    def _forward_chunk(
+        self,
+        item_seq: torch.Tensor,
+        time_seq: torch.Tensor | None,
+        positions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``[B, L, H]``, or with ``positions`` (``[B]``) ``[B, H]`` at those positions only.
+
+        A position's output reads the short branch over its own ``span`` = n_short_layers x
+        (K - 1) + 1 events (each layer widens the receptive field by K - 1) and the long
+        summaries K events before each of them. So for scored positions the short branch runs
+        on those ``span`` events alone, and the long branch's last block (its queries, MLP and
+        norm) at their ``span`` summary positions: at L=1000 and K=50 about a tenth of the
+        sequence. Outputs inside the span but before its last ``K - 1`` events see truncated
+        windows; they only feed later layers where the receptive field no longer reaches them.
+        """
+        batch, seq_len = item_seq.shape
+        span = self.n_short_layers * (self.short_window - 1) + 1
+        if positions is not None and self.use_short_branch and span >= seq_len:
+            # nothing to save: every position is in the span
+            return gather_positions(self._forward_chunk(item_seq, time_seq), positions)
         mask = item_seq > 0  # [B, L]
         gaps, buckets = self.time_gaps(item_seq, time_seq)
         hidden = self.item_embedding(item_seq)  # [B, L, H]
@@ -298,27 +368,45 @@ class HyTRec(CausalSequentialRecommender):
             hidden = hidden + self.gap_embedding(buckets)
         hidden = self.emb_dropout(self.emb_norm(hidden))
 
+        window = summary_at = long_positions = None
+        if positions is not None:
+            long_positions = positions
+            if self.use_short_branch:
+                start = (positions - span + 1).clamp(min=0)
+                window = start.unsqueeze(1) + torch.arange(span, device=item_seq.device)
+                summary_at = window - self.short_window  # < 0: no history before the window
+                long_positions = summary_at.clamp(min=0)
         long_hidden = hidden
-        for block in self.long_blocks:
+        last = len(self.long_blocks) - 1
+        for index, block in enumerate(self.long_blocks):
             run = checkpointed(block, self.gradient_checkpointing)
+            at = long_positions if index == last else None
             if isinstance(block.mixer, TemporalDeltaNet):
-                long_hidden = run(long_hidden, gaps, mask)
+                long_hidden = run(long_hidden, gaps, mask, positions=at)
             else:
-                long_hidden = run(long_hidden)
-        long_hidden = self.long_norm(long_hidden)  # [B, L, H]
+                long_hidden = run(long_hidden, positions=at)
+        long_hidden = self.long_norm(long_hidden)  # [B, L | span, H], or [B, H]
         if not self.use_short_branch:
             return long_hidden
 
         # The long branch's output at t - K summarises the history before position t's window.
-        batch, seq_len, _ = hidden.shape
-        empty = self.empty_history.expand(batch, self.short_window, -1)
-        long_summary = torch.cat([empty, long_hidden], dim=1)[:, :seq_len]  # [B, L, H]
-        short_hidden = hidden
+        if window is None:
+            empty = self.empty_history.expand(batch, self.short_window, -1)
+            long_summary = torch.cat([empty, long_hidden], dim=1)[:, :seq_len]  # [B, L, H]
+            short_hidden = hidden
+        else:
+            has_history = (summary_at >= 0).unsqueeze(-1)
+            long_summary = torch.where(has_history, long_hidden, self.empty_history)
+            short_hidden = gather_positions(hidden, window)  # [B, span, H]
         for block in self.short_blocks:
             short_hidden = checkpointed(block, self.gradient_checkpointing)(
                 short_hidden, memory=long_summary
             )
-        short_hidden = self.short_norm(short_hidden)  # [B, L, H]
+        short_hidden = self.short_norm(short_hidden)
+        if window is not None:  # the scored positions' rows of the span
+            in_window = positions - window[:, 0]
+            short_hidden = gather_positions(short_hidden, in_window)  # [B, H]
+            long_summary = gather_positions(long_summary, in_window)
         gate = torch.sigmoid(self.fusion_gate(torch.cat([long_summary, short_hidden], dim=-1)))
         return gate * long_summary + (1 - gate) * short_hidden
 
