@@ -119,6 +119,39 @@ def test_empty_rows_give_no_nan_in_either_mask_path():
         assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
+@pytest.mark.parametrize("layout", ["right", "left"])
+def test_last_position_forward_trains_like_the_full_sequence(layout):
+    """``forward`` runs the last layer at the scored positions only (one query each); in both
+    mask paths its outputs, loss and every gradient equal ``forward_sequence`` gathered there
+    (dropout off, training mode)."""
+    item_seq, lengths = random_sequences(6, 15, N_ITEMS, lengths=torch.tensor([15, 9, 4, 1, 12, 7]))
+    positions = lengths - 1
+    if layout == "left":
+        item_seq = left_padded(item_seq, lengths)
+        positions = torch.full_like(lengths, 14)  # the last item of each row
+    targets = torch.randint(1, N_ITEMS, (6,), generator=torch.Generator().manual_seed(1))
+    results = []
+    for last_only in (True, False):
+        model = build_model(
+            "FlashSASRec",
+            N_ITEMS,
+            MAX_ITEM_LIST_LENGTH=MAX_LEN,
+            hidden_dropout_prob=0.0,
+            attn_dropout_prob=0.0,
+        ).train()
+        if last_only:
+            output = model.forward(item_seq, positions + 1)
+        else:
+            output = model.forward_sequence(item_seq, lengths)[torch.arange(6), positions]
+        loss = torch.nn.functional.cross_entropy(output @ model.item_embedding.weight.T, targets)
+        loss.backward()
+        results.append((output.detach(), {n: p.grad for n, p in model.named_parameters()}))
+    (output, grads), (expected, expected_grads) = results
+    torch.testing.assert_close(output, expected, atol=1e-6, rtol=1e-5)
+    for name, grad in expected_grads.items():
+        torch.testing.assert_close(grads[name], grad, atol=1e-6, rtol=1e-5, msg=name)
+
+
 @pytest.mark.parametrize("train_mode", ["prefix", "autoregressive"])
 def test_a_training_step_in_both_modes(train_mode):
     model = build_model(

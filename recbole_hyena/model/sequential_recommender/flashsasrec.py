@@ -31,7 +31,16 @@ class SDPAMultiHeadAttention(MultiHeadAttention):
     boolean tensor broadcastable to ``[B, heads, L, L]``, True where a query may attend a key.
     """
 
-    def forward(self, input_tensor: torch.Tensor, attention_mask: torch.Tensor | None):
+    def forward(
+        self,
+        input_tensor: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        positions: torch.Tensor | None = None,
+    ):
+        """``[B, L, H] -> [B, L, H]``; with ``positions`` (``[B]``) the outputs at those
+        positions only, ``[B, H]``: their queries alone attend over every key."""
+        if positions is not None:
+            return self._attend_at(input_tensor, attention_mask, positions)
         batch_size, seq_len, _ = input_tensor.shape
         heads_shape = (batch_size, seq_len, self.num_attention_heads, self.attention_head_size)
         # [B, heads, L, head_size]
@@ -52,6 +61,35 @@ class SDPAMultiHeadAttention(MultiHeadAttention):
         context = context.transpose(1, 2).reshape(batch_size, seq_len, self.all_head_size)
         hidden_states = self.out_dropout(self.dense(context))
         return self.LayerNorm(hidden_states + input_tensor)  # [B, L, H]
+
+    def _attend_at(
+        self,
+        input_tensor: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        positions: torch.Tensor,
+    ) -> torch.Tensor:
+        batch_size, seq_len, _ = input_tensor.shape
+        rows = torch.arange(batch_size, device=input_tensor.device)
+        at_positions = input_tensor[rows, positions].unsqueeze(1)  # [B, 1, H]
+        heads_shape = (batch_size, -1, self.num_attention_heads, self.attention_head_size)
+        query = self.query(at_positions).view(heads_shape).transpose(1, 2)  # [B, heads, 1, d]
+        key = self.key(input_tensor).view(heads_shape).transpose(1, 2)
+        value = self.value(input_tensor).view(heads_shape).transpose(1, 2)
+        if attention_mask is None:  # causal: each query sees the keys up to its position
+            keys = torch.arange(seq_len, device=input_tensor.device)
+            visible = (keys <= positions.unsqueeze(1)).view(batch_size, 1, 1, seq_len)
+        else:  # the rows of the [B, 1, L, L] mask at the queries' positions
+            visible = attention_mask[rows, :, positions].unsqueeze(2)  # [B, 1, 1, L]
+        context = nn.functional.scaled_dot_product_attention(
+            query,
+            key,
+            value,
+            attn_mask=visible,
+            dropout_p=self.attn_dropout.p if self.training else 0.0,
+        )  # [B, heads, 1, head_size]
+        context = context.transpose(1, 2).reshape(batch_size, 1, self.all_head_size)
+        hidden_states = self.out_dropout(self.dense(context))
+        return self.LayerNorm(hidden_states + at_positions).squeeze(1)  # [B, H]
 
 
 class FlashSASRec(SASRec):
@@ -81,6 +119,24 @@ class FlashSASRec(SASRec):
             layer.multi_head_attention = fused
 
         # parameters initialization: copied from the modules RecBole's SASRec initialised
+
+    def forward(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:
+        """RecBole's ``SASRec.forward`` (the output at each sequence's last item, ``[B, H]``),
+        with the last layer run at that position only: its attention becomes one query per
+        sequence, O(L) instead of O(L^2), and its feed-forward one row. The same result as
+        RecBole's (tests); ``forward_sequence`` still runs every position."""
+        if self._all_positions:
+            return super().forward(item_seq, item_seq_len)
+        # RecBole's SASRec embedding: item + learned absolute position, LayerNorm, dropout
+        position_ids = torch.arange(item_seq.size(1), dtype=torch.long, device=item_seq.device)
+        hidden = self.item_embedding(item_seq) + self.position_embedding(position_ids)
+        hidden = self.dropout(self.LayerNorm(hidden))
+        attention_mask = self.get_attention_mask(item_seq)
+        *layers, last = self.trm_encoder.layer
+        for layer in layers:
+            hidden = layer(hidden, attention_mask)
+        attended = last.multi_head_attention(hidden, attention_mask, positions=item_seq_len - 1)
+        return last.feed_forward(attended)  # [B, H]
 
     def get_attention_mask(
         self, item_seq: torch.Tensor, bidirectional: bool = False
