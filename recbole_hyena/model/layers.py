@@ -487,8 +487,42 @@ class Dropout(nn.Dropout):
         return _CPUDropout.apply(inputs, self.p)
 
 
+class _ActivationThenLinear(torch.autograd.Function):
+    """``linear(activation(hidden), weight, bias)`` that keeps ``hidden`` alone for the backward
+    pass and recomputes the element-wise activation there, instead of also keeping its output:
+    in a ``D -> 4D -> D`` MLP that is a quarter of what a block keeps per position (a [B, L, 4D]
+    tensor), for one more activation (cheap next to the block's products). Under autocast the
+    product runs in autocast's dtype, as ``F.linear`` would."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, activation):
+        device = hidden.device.type
+        if torch.is_autocast_enabled(device):
+            dtype = torch.get_autocast_dtype(device)
+            hidden, weight, bias = hidden.to(dtype), weight.to(dtype), bias.to(dtype)
+        with torch.autocast(device, enabled=False):
+            outputs = F.linear(activation(hidden), weight, bias)
+        ctx.activation = activation
+        ctx.save_for_backward(hidden, weight)
+        return outputs
+
+    @staticmethod
+    def backward(ctx, grad_outputs):
+        hidden, weight = ctx.saved_tensors
+        grad_outputs = grad_outputs.to(weight.dtype)
+        with torch.enable_grad():
+            hidden = hidden.detach().requires_grad_()
+            activated = ctx.activation(hidden)
+        (grad_hidden,) = torch.autograd.grad(activated, hidden, grad_outputs @ weight)
+        rows = grad_outputs.reshape(-1, grad_outputs.shape[-1])
+        grad_weight = rows.t() @ activated.detach().reshape(-1, activated.shape[-1])
+        return grad_hidden, grad_weight, rows.sum(0), None
+
+
 class FeedForward(nn.Module):
-    """Position-wise MLP ``D -> inner -> D``, with dropout on its hidden layer when ``dropout > 0``."""
+    """Position-wise MLP ``D -> inner -> D``, with dropout on its hidden layer when ``dropout > 0``.
+    Without that dropout, a training step keeps the hidden layer before its activation only
+    (``_ActivationThenLinear``); the parameters are those of the plain ``nn.Sequential``."""
 
     def __init__(self, d_model: int, inner_size: int, dropout: float, activation: str):
         super().__init__()
@@ -504,7 +538,12 @@ class FeedForward(nn.Module):
         )
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        return self.net(inputs)
+        to_hidden, activation, dropout, to_outputs = self.net
+        if not (torch.is_grad_enabled() and isinstance(dropout, nn.Identity)):
+            return self.net(inputs)
+        return _ActivationThenLinear.apply(
+            to_hidden(inputs), to_outputs.weight, to_outputs.bias, activation
+        )
 
 
 def gather_positions(values: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:

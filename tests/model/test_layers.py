@@ -1,5 +1,7 @@
 """The operator's pieces against slow, obviously correct references."""
 
+from functools import partial
+
 import pytest
 import torch
 
@@ -8,6 +10,7 @@ from recbole_hyena.model.filters import LegendreKernelGenerator, legendre_basis,
 from recbole_hyena.model.layers import (
     CausalShortConv,
     Dropout,
+    FeedForward,
     HyenaOperator,
     ShortPath,
     _FFTCausalConv,
@@ -299,3 +302,33 @@ def test_operator_keeps_half_precision_activations_under_autocast():
     assert sum(t.untyped_storage().nbytes() for t in half) <= 0.55 * sum(
         t.untyped_storage().nbytes() for t in float32
     )
+
+
+@pytest.mark.parametrize("activation", ["gelu", "relu", "silu", "tanh"])
+@pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16-autocast"])
+def test_feed_forward_recomputes_its_activation_with_the_same_gradients(activation, autocast):
+    """The MLP keeps its hidden layer before the activation only; outputs and every gradient
+    equal those of the plain ``nn.Sequential`` (also under autocast), and it keeps one
+    [.., inner] tensor where the plain one keeps two."""
+    torch.manual_seed(0)
+    ffn = FeedForward(16, 64, 0.0, activation)
+    inputs = torch.randn(3, 7, 16, requires_grad=True)
+    results = []
+    for run in (ffn, ffn.net):  # the recomputing forward, then the plain Sequential
+        for p in [inputs, *ffn.parameters()]:
+            p.grad = None
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            outputs, saved = saved_activations(partial(run, inputs))
+        outputs.float().pow(2).sum().backward()
+        grads = [p.grad.clone() for p in [inputs, *ffn.parameters()]]
+        inner = sum(1 for t in saved if t.numel() == 3 * 7 * 64)
+        results.append((outputs.detach(), grads, inner))
+    (outputs, grads, inner), (expected, expected_grads, expected_inner) = results
+    assert outputs.dtype == expected.dtype
+    tolerance = {"atol": 2e-2, "rtol": 2e-2} if autocast else {"atol": 1e-6, "rtol": 1e-5}
+    torch.testing.assert_close(outputs, expected, **tolerance)
+    for grad, expected_grad in zip(grads, expected_grads):
+        assert grad.dtype == expected_grad.dtype
+        torch.testing.assert_close(grad, expected_grad, **tolerance)
+    # ReLU and tanh keep their output, which the second product reads too: one tensor either way
+    assert inner == 1 and expected_inner == (1 if activation in ("relu", "tanh") else 2)
