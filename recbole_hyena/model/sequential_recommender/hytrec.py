@@ -353,8 +353,8 @@ class HyTRec(CausalSequentialRecommender):
         summaries K events before each of them. So for scored positions the short branch runs
         on those ``span`` events alone, and the long branch's last block (its queries, MLP and
         norm) at their ``span`` summary positions: at L=1000 and K=50 about a tenth of the
-        sequence. Outputs inside the span but before its last ``K - 1`` events see truncated
-        windows; they only feed later layers where the receptive field no longer reaches them.
+        sequence. Within the span, the short layers' outputs at its earliest events miss the
+        events before the span, but the scored position reads none of those outputs.
         """
         batch, seq_len = item_seq.shape
         span = self.n_short_layers * (self.short_window - 1) + 1
