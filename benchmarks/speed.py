@@ -5,7 +5,9 @@ from a real RecBole-style ``Config`` (the model's property files plus the settin
 dataset stub, so no data files are needed) and measures:
 
 - the training step: forward + backward + AdamW on a batch of full-length sequences, cross-entropy
-  at the last position over all items (``calculate_loss`` without per-position targets);
+  at the last position over all items (``calculate_loss`` without per-position targets), or with
+  ``--loss all-positions`` at every position (the plugin's ``train_mode: autoregressive``, the
+  paper's protocol; models without it are reported as skipped);
 - full-ranking inference: ``full_sort_predict`` on the same batch, under ``torch.no_grad``;
 - tokens per second (batch x L / time) for both;
 - peak memory per phase: on CPU the child's peak resident set size (VmHWM, reset before each
@@ -187,19 +189,26 @@ def parse_model_label(label: str) -> tuple[str, dict]:
     return name, overrides
 
 
-def synthetic_batch(model, size: int, seq_len: int, n_items: int, generator):
+def synthetic_batch(
+    model, size: int, seq_len: int, n_items: int, generator, all_positions: bool = False
+):
     """A batch of ``size`` full-length random sequences over ``n_items`` items with a random
-    next item each: what ``calculate_loss`` (CE at the last position) and the ranking take."""
+    next item each: what ``calculate_loss`` (CE at the last position) and the ranking take; with
+    ``all_positions`` also a random target at every position (all-position CE)."""
     import torch
     from recbole.data.interaction import Interaction
 
-    return Interaction(
-        {
-            model.ITEM_SEQ: torch.randint(1, n_items, (size, seq_len), generator=generator),
-            model.ITEM_SEQ_LEN: torch.full((size,), seq_len, dtype=torch.long),
-            model.POS_ITEM_ID: torch.randint(1, n_items, (size,), generator=generator),
-        }
-    )
+    from recbole_hyena.model.abstract_recommender import TARGET_PREFIX
+
+    fields = {
+        model.ITEM_SEQ: torch.randint(1, n_items, (size, seq_len), generator=generator),
+        model.ITEM_SEQ_LEN: torch.full((size,), seq_len, dtype=torch.long),
+        model.POS_ITEM_ID: torch.randint(1, n_items, (size,), generator=generator),
+    }
+    if all_positions:
+        targets = torch.randint(1, n_items, (size, seq_len), generator=generator)
+        fields[TARGET_PREFIX + model.ITEM_SEQ] = targets
+    return Interaction(fields)
 
 
 def _build_model(spec: dict):
@@ -276,6 +285,8 @@ def run_child(spec: dict) -> None:
 
     import torch
 
+    from recbole_hyena.model.abstract_recommender import AllPositionMixin
+
     result: dict = {"status": "error", "note": ""}
 
     def report(**fields) -> None:
@@ -319,8 +330,13 @@ def run_child(spec: dict) -> None:
     batch_size, seq_len, n_items = spec["batch"], spec["seq_len"], spec["n_items"]
     generator = torch.Generator().manual_seed(spec["seed"])
 
+    all_positions = spec.get("loss") == "all-positions"
+    if all_positions and not isinstance(model, AllPositionMixin):
+        report(status="skipped", note="no all-position training (train_mode: autoregressive)")
+        return
+
     def make_batch(size: int):
-        return synthetic_batch(model, size, seq_len, n_items, generator).to(device)
+        return synthetic_batch(model, size, seq_len, n_items, generator, all_positions).to(device)
 
     try:
         model.eval()
@@ -753,6 +769,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "so that no model pays for zero-filling fresh pages at each large allocation; the "
         "times then compare compute, not the allocator (RSS stays at its high-water mark)",
     )
+    parser.add_argument(
+        "--loss",
+        choices=["last-position", "all-positions"],
+        default="last-position",
+        help="the training step's cross-entropy: at the last position (RecBole's prefix "
+        "samples) or at every position (all-position training)",
+    )
     parser.add_argument("--seed", type=int, default=2020)
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results")
     parser.add_argument("--tag", help="file name suffix (default: the device)")
@@ -761,11 +784,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def loss_positions(loss: str) -> str:
+    return "every position" if loss == "all-positions" else "the last position"
+
+
 def build_header(args: argparse.Namespace, device: str, overrides: dict) -> dict:
     on_gpu = device == "cuda"
     settings = (
         f"batch {args.batch}, hidden {args.hidden}, {args.layers} layers, {args.heads} heads, "
-        f"CE at the last position over {args.n_items} items, AdamW; "
+        f"CE at {loss_positions(args.loss)} over {args.n_items} items, AdamW; "
         f"{args.warmup} warm-up step(s), then the median of the timed steps (repeats column)"
     )
     header = {
@@ -887,6 +914,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         "compile": args.compile,
                         "fused_layer_norm": args.fused_layer_norm,
                         "keep_freed_memory": args.keep_freed_memory,
+                        "loss": args.loss,
                         "seed": args.seed,
                         "profile_to": str(args.out)
                         if f"{model}:{seq_len}:{dtype}" in profiles

@@ -45,6 +45,22 @@ def test_a_tiny_run_writes_csv_markdown_and_plot(tmp_path):
     assert (tmp_path / "speed_smoke.png").stat().st_size > 0
 
 
+def test_all_position_loss_trains_every_position_and_skips_models_without_it(tmp_path):
+    model = build_model("HyenaRec", 30)
+    batch = speed.synthetic_batch(model, 2, 8, 30, torch.Generator(), all_positions=True)
+    targets = batch["target_" + model.ITEM_SEQ]
+    assert targets.shape == (2, 8) and (targets > 0).all()
+    rows = speed.main(
+        ["--models", "HyenaRec", "SASRec", "--lengths", "16", "--batch", "2", "--n-items", "30"]
+        + ["--repeats", "1", "--warmup", "0", "--device", "cpu", "--threads", "1"]
+        + ["--out", str(tmp_path), "--tag", "all", "--timeout", "240", "--loss", "all-positions"]
+    )
+    # RecBole's own SASRec has no all-position training (the plugin's FlashSASRec has)
+    assert [row["status"] for row in rows] == ["ok", "skipped"], rows
+    assert "no all-position training" in rows[1]["note"]
+    assert "CE at every position" in (tmp_path / "speed_all.csv").read_text()
+
+
 @pytest.mark.slow
 def test_compile_runs_every_model_compiled_and_says_so(tmp_path):
     rows = speed.main(

@@ -33,6 +33,9 @@ TARGET_PREFIX = "target_"
 # HyenaRec's CPU training step (and HyTRec spent 5.4 of its 17 CPU seconds a step in the kernel).
 # ``block_chunk_size: auto`` keeps a model's widest tensors below this size.
 CPU_CHUNK_BYTES = 24 * 2**20
+# Score block size of the all-item cross-entropy on accelerators (their caching allocators make
+# large blocks cheap); on CPU it is CPU_CHUNK_BYTES.
+ACCELERATOR_SCORE_BYTES = 256 * 2**20
 
 
 def read_block_chunk_size(config) -> int | str:
@@ -70,6 +73,73 @@ def map_chunks(
     return torch.cat([function(*arguments) for arguments in zip(*pieces)])
 
 
+def all_items_cross_entropy(
+    queries: torch.Tensor,
+    item_matrix: torch.Tensor,
+    bias: torch.Tensor | None,
+    targets: torch.Tensor,
+) -> torch.Tensor:
+    """Mean cross-entropy of the scores ``queries @ item_matrix.T + bias`` ``[N, n_items]``
+    against ``targets`` ``[N]``; with gradients on, a block of rows at a time (see
+    ``_BlockwiseScoresCrossEntropy``), otherwise directly."""
+    if not torch.is_grad_enabled():
+        scores = queries @ item_matrix.transpose(0, 1)
+        return nn.functional.cross_entropy(scores if bias is None else scores + bias, targets)
+    if bias is None:
+        bias = item_matrix.new_zeros(())  # a constant: its gradient is dropped
+    budget = CPU_CHUNK_BYTES if queries.device.type == "cpu" else ACCELERATOR_SCORE_BYTES
+    rows = max(1, budget // (4 * len(item_matrix)))
+    return _BlockwiseScoresCrossEntropy.apply(queries, item_matrix, bias, targets, rows)
+
+
+class _BlockwiseScoresCrossEntropy(torch.autograd.Function):
+    """All-item cross-entropy with its gradients computed in the forward pass, ``rows`` score
+    rows at a time. All-position training scores every position: at ML-1M's shape (batch 128,
+    L=200, 3,417 items) the float32 scores are 350 MB, and autograd builds several such tensors
+    (scores, biased scores, log-softmax, its gradient), which on CPU were half of HyenaRec's
+    training step. Per block this computes the scores, their log-sum-exp and the gradient
+    ``softmax - onehot``, multiplies it straight into the gradients of the queries, the item
+    matrix and the bias, and frees it, so nothing of size [N, n_items] is ever kept. The same
+    products as autograd's; under autocast they run in autocast's dtype and the softmax in
+    float32, as ``F.linear`` and ``F.cross_entropy`` would."""
+
+    @staticmethod
+    def forward(ctx, queries, item_matrix, bias, targets, rows):
+        device = queries.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
+        dtype = dtype or torch.promote_types(queries.dtype, item_matrix.dtype)
+        with torch.autocast(device, enabled=False):
+            matrix = item_matrix.to(dtype)
+            grad_queries = torch.empty(queries.shape, dtype=dtype, device=queries.device)
+            grad_matrix = torch.zeros(item_matrix.shape, dtype=torch.float32, device=queries.device)
+            grad_bias = torch.zeros(len(item_matrix), dtype=torch.float32, device=queries.device)
+            total = torch.zeros((), dtype=torch.float32, device=queries.device)
+            for start in range(0, len(queries), rows):
+                block = queries[start : start + rows].to(dtype)
+                block_targets = targets[start : start + rows]
+                scores = (block @ matrix.t()).float() + bias.float()  # [rows, n_items]
+                log_norm = scores.logsumexp(dim=-1, keepdim=True)
+                target_scores = scores.gather(1, block_targets.unsqueeze(1))
+                total += (log_norm - target_scores).sum()
+                # d loss_sum / d scores = softmax - onehot, computed in place
+                grad_scores = scores.sub_(log_norm).exp_()
+                grad_scores[torch.arange(len(block), device=block.device), block_targets] -= 1
+                grad_bias += grad_scores.sum(0)
+                grad_scores = grad_scores.to(dtype)
+                grad_queries[start : start + rows] = grad_scores @ matrix
+                grad_matrix += (grad_scores.t() @ block).float()
+        ctx.save_for_backward(grad_queries, grad_matrix, grad_bias)
+        ctx.count = len(queries)
+        return total / ctx.count
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grad_queries, grad_matrix, grad_bias = ctx.saved_tensors
+        scale = grad_loss / ctx.count
+        grad_bias = grad_bias * scale if ctx.needs_input_grad[2] else None
+        return grad_queries * scale, grad_matrix * scale, grad_bias, None, None
+
+
 class AllPositionMixin:
     """All-position cross-entropy for a causal model; put it first among the base classes."""
 
@@ -81,15 +151,23 @@ class AllPositionMixin:
         """Representations at every position, ``[B, L, H]``; position t sees items 0..t."""
         raise NotImplementedError
 
+    def score_operands(
+        self, seq_output: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``(queries, item_matrix, bias)`` such that the scores of all items are
+        ``queries @ item_matrix.T + bias``: weight-tied to the item embedding, plus ``item_bias``
+        when the model has one. Models that score otherwise override this."""
+        return seq_output, self.item_embedding.weight, getattr(self, "item_bias", None)
+
     def item_scores(
         self, seq_output: torch.Tensor, items: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Weight-tied scores of ``items`` (same leading shape as ``seq_output``) or of all items,
-        plus ``item_bias`` when the model has one."""
-        bias = getattr(self, "item_bias", None)
+        """Scores of ``items`` (same leading shape as ``seq_output``) or of all items."""
         if items is None:
-            scores = seq_output @ self.item_embedding.weight.transpose(0, 1)
+            queries, item_matrix, bias = self.score_operands(seq_output)
+            scores = queries @ item_matrix.transpose(0, 1)
             return scores if bias is None else scores + bias
+        bias = getattr(self, "item_bias", None)
         scores = (seq_output * self.item_embedding(items)).sum(dim=-1)
         return scores if bias is None else scores + bias[items]
 
@@ -104,8 +182,9 @@ class AllPositionMixin:
         targets = interaction[self.TARGET_ITEM_SEQ]  # [B, L]
         output = self.forward_sequence(item_seq, interaction[self.ITEM_SEQ_LEN])  # [B, L, H]
         has_target = targets > 0
-        logits = self.item_scores(output[has_target])  # [n_targets, n_items]
-        return nn.functional.cross_entropy(logits, targets[has_target])
+        return all_items_cross_entropy(
+            *self.score_operands(output[has_target]), targets[has_target]
+        )
 
 
 class WeightTiedSequentialRecommender(SequentialRecommender):

@@ -247,14 +247,18 @@ class HSTU(CausalSequentialRecommender):
             hidden = layer(hidden, causal, self.max_seq_length, timestamps)
         return hidden
 
+    def score_operands(self, seq_output: torch.Tensor):
+        if not self.l2_norm:
+            return super().score_operands(seq_output)
+        # cosine similarity over a temperature
+        queries = F.normalize(seq_output, dim=-1, eps=1e-6) / self.temperature
+        return queries, F.normalize(self.item_embedding.weight, dim=-1, eps=1e-6), None
+
     def item_scores(
         self, seq_output: torch.Tensor, items: torch.Tensor | None = None
     ) -> torch.Tensor:
-        if not self.l2_norm:
+        if not self.l2_norm or items is None:
             return super().item_scores(seq_output, items)
         seq_output = F.normalize(seq_output, dim=-1, eps=1e-6)
-        if items is None:
-            item_emb = F.normalize(self.item_embedding.weight, dim=-1, eps=1e-6)
-            return seq_output @ item_emb.transpose(0, 1) / self.temperature
         item_emb = F.normalize(self.item_embedding(items), dim=-1, eps=1e-6)
         return (seq_output * item_emb).sum(dim=-1) / self.temperature
