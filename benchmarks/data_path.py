@@ -123,27 +123,28 @@ def run_train(args) -> None:
     if "autoregressive" in args.modes:
         runs += [("autoregressive", stride) for stride in args.strides]
     rows = []
-    for model_name, (mode, stride), seed in itertools.product(args.models, runs, args.seeds):
-        config = Config(
-            model=model_name,
-            dataset="ml-100k",
-            config_dict={
-                "train_mode": mode,
-                "train_window_stride": stride,
-                "epochs": args.prefix_epochs if mode == "prefix" else args.epochs,
-                "show_progress": False,
-                "use_gpu": False,
-                "checkpoint_dir": tempfile.mkdtemp(prefix="ckpt-"),
-                "history_mask": False,
-                "seed": seed,
-            },
-        )
+    dropouts = args.dropouts or [None]  # None: the model's own hidden_dropout_prob
+    settings = itertools.product(args.models, runs, dropouts, args.seeds)
+    for model_name, (mode, stride), dropout, seed in settings:
+        config_dict = {
+            "train_mode": mode,
+            "train_window_stride": stride,
+            "epochs": args.prefix_epochs if mode == "prefix" else args.epochs,
+            "show_progress": False,
+            "use_gpu": False,
+            "checkpoint_dir": tempfile.mkdtemp(prefix="ckpt-"),
+            "history_mask": False,
+            "seed": seed,
+        }
+        if dropout is not None:
+            config_dict["hidden_dropout_prob"] = dropout
+        config = Config(model=model_name, dataset="ml-100k", config_dict=config_dict)
         train, valid, test = data_preparation(config, create_dataset(config))
         model = get_model(model_name)(config, train._dataset)
         trainer = get_trainer(config["MODEL_TYPE"], model_name)(config, model)
         epoch_seconds = time_epochs(trainer)
         start = time.perf_counter()
-        trainer.fit(train, valid, saved=True, show_progress=False)
+        _, best_valid = trainer.fit(train, valid, saved=True, show_progress=False)
         total = time.perf_counter() - start
         result = trainer.evaluate(test, load_best_model=True)
         rows.append(
@@ -155,16 +156,19 @@ def run_train(args) -> None:
                 "window_stride": 1
                 if mode == "prefix"
                 else stride or config["MAX_ITEM_LIST_LENGTH"],
+                "hidden_dropout_prob": config["hidden_dropout_prob"],
                 "epochs": len(epoch_seconds),
                 "epoch_cap": config["epochs"],
                 "seconds_per_epoch": sum(epoch_seconds) / len(epoch_seconds),
                 "train_seconds": total,
+                "valid_ndcg@10": best_valid["ndcg@10"],
+                "valid_recall@10": best_valid["recall@10"],
                 "test_ndcg@10": result["ndcg@10"],
                 "test_recall@10": result["recall@10"],
             }
         )
         print(rows[-1], flush=True)
-    write_outputs(args.out, "data_path_train", rows, "train_seconds", "training time (s)", 3)
+    write_outputs(args.out, "data_path_train", rows, "train_seconds", "training time (s)", 5)
 
 
 def run_scale(args) -> None:
@@ -296,6 +300,12 @@ def main() -> None:
     )
     parser.add_argument(
         "--seeds", nargs="+", type=int, default=[2020], help="train: one run per seed"
+    )
+    parser.add_argument(
+        "--dropouts",
+        nargs="+",
+        type=float,
+        help="train: hidden_dropout_prob values, one run each (default: the model's own)",
     )
     # build-child only
     parser.add_argument("--path", choices=["stock", "plugin"])
