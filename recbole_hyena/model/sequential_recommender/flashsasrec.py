@@ -20,6 +20,7 @@ import torch
 from recbole.model.layers import MultiHeadAttention
 from torch import nn
 
+from recbole_hyena.model.layers import gather_positions
 from recbole_hyena.model.sequential_recommender.zoo_adapters import SASRec
 
 
@@ -39,12 +40,19 @@ class SDPAMultiHeadAttention(MultiHeadAttention):
     ):
         """``[B, L, H] -> [B, L, H]``; with ``positions`` (``[B]``) the outputs at those
         positions only, ``[B, H]``: their queries alone attend over every key."""
-        if positions is not None:
-            return self._attend_at(input_tensor, attention_mask, positions)
         batch_size, seq_len, _ = input_tensor.shape
-        heads_shape = (batch_size, seq_len, self.num_attention_heads, self.attention_head_size)
-        # [B, heads, L, head_size]
-        query = self.query(input_tensor).view(heads_shape).transpose(1, 2)
+        queries_from = input_tensor
+        if positions is not None:
+            queries_from = gather_positions(input_tensor, positions.unsqueeze(1))  # [B, 1, H]
+            if attention_mask is None:  # causal: each query sees the keys up to its position
+                keys = torch.arange(seq_len, device=input_tensor.device)
+                attention_mask = (keys <= positions.unsqueeze(1)).view(batch_size, 1, 1, seq_len)
+            else:  # the rows of the [B, 1, L, L] mask at the queries' positions
+                attention_mask = gather_positions(attention_mask.transpose(1, 2), positions)
+                attention_mask = attention_mask.unsqueeze(2)  # [B, 1, 1, L]
+        heads_shape = (batch_size, -1, self.num_attention_heads, self.attention_head_size)
+        # [B, heads, L (queries: L or 1), head_size]
+        query = self.query(queries_from).view(heads_shape).transpose(1, 2)
         key = self.key(input_tensor).view(heads_shape).transpose(1, 2)
         value = self.value(input_tensor).view(heads_shape).transpose(1, 2)
 
@@ -58,38 +66,10 @@ class SDPAMultiHeadAttention(MultiHeadAttention):
             dropout_p=self.attn_dropout.p if self.training else 0.0,
             is_causal=attention_mask is None,
         )  # [B, heads, L, head_size]
-        context = context.transpose(1, 2).reshape(batch_size, seq_len, self.all_head_size)
+        context = context.transpose(1, 2).reshape(batch_size, -1, self.all_head_size)
         hidden_states = self.out_dropout(self.dense(context))
-        return self.LayerNorm(hidden_states + input_tensor)  # [B, L, H]
-
-    def _attend_at(
-        self,
-        input_tensor: torch.Tensor,
-        attention_mask: torch.Tensor | None,
-        positions: torch.Tensor,
-    ) -> torch.Tensor:
-        batch_size, seq_len, _ = input_tensor.shape
-        rows = torch.arange(batch_size, device=input_tensor.device)
-        at_positions = input_tensor[rows, positions].unsqueeze(1)  # [B, 1, H]
-        heads_shape = (batch_size, -1, self.num_attention_heads, self.attention_head_size)
-        query = self.query(at_positions).view(heads_shape).transpose(1, 2)  # [B, heads, 1, d]
-        key = self.key(input_tensor).view(heads_shape).transpose(1, 2)
-        value = self.value(input_tensor).view(heads_shape).transpose(1, 2)
-        if attention_mask is None:  # causal: each query sees the keys up to its position
-            keys = torch.arange(seq_len, device=input_tensor.device)
-            visible = (keys <= positions.unsqueeze(1)).view(batch_size, 1, 1, seq_len)
-        else:  # the rows of the [B, 1, L, L] mask at the queries' positions
-            visible = attention_mask[rows, :, positions].unsqueeze(2)  # [B, 1, 1, L]
-        context = nn.functional.scaled_dot_product_attention(
-            query,
-            key,
-            value,
-            attn_mask=visible,
-            dropout_p=self.attn_dropout.p if self.training else 0.0,
-        )  # [B, heads, 1, head_size]
-        context = context.transpose(1, 2).reshape(batch_size, 1, self.all_head_size)
-        hidden_states = self.out_dropout(self.dense(context))
-        return self.LayerNorm(hidden_states + at_positions).squeeze(1)  # [B, H]
+        outputs = self.LayerNorm(hidden_states + queries_from)  # [B, L, H]
+        return outputs if positions is None else outputs.squeeze(1)
 
 
 class FlashSASRec(SASRec):
