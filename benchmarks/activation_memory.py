@@ -11,7 +11,8 @@ It is not a peak: the backward's temporaries (the FFTs' buffers, attention's wor
 top, and on a GPU so does the allocator's caching. But it is the part that grows with B x L and
 that precision and recomputation change, so it compares models and code versions on a machine
 without a GPU. ``--as-gpu`` counts what the CUDA code path keeps where it differs from CPU's (the
-Hyena short path keeps its inputs and rebuilds its taps' windows in the backward on a GPU); bf16
+Hyena short path runs as one windowed product that keeps its inputs on a GPU, and as a product
+then shifted taps that keeps the product on CPU); bf16
 runs under CPU autocast, which follows CUDA's rules for the operations these models use.
 
 Outputs under ``--out``: ``activation_memory_<tag>.csv`` (settings as ``#`` lines on top),
@@ -85,7 +86,7 @@ def measure(label: str, seq_len: int, dtype_name: str, args: argparse.Namespace)
     if args.as_gpu:
         from recbole_hyena.model import layers
 
-        layers._rebuilds_windows = lambda inputs: True
+        layers._factors_short_conv = lambda inputs: False
     torch.set_num_threads(min(2, torch.get_num_threads()))
 
     spec = {

@@ -248,51 +248,71 @@ def causal_windows(inputs: torch.Tensor, kernel_size: int, dilation: int = 1) ->
 
 
 def projected_causal_conv(
-    inputs: torch.Tensor, projection: torch.Tensor, conv: nn.Conv1d, channels_first: bool = False
+    inputs: torch.Tensor,
+    projection: torch.Tensor,
+    conv: nn.Conv1d,
+    channels_first: bool = False,
+    glu: bool = False,
 ) -> torch.Tensor:
-    """``conv(inputs @ projection.T)`` for a causal depth-wise ``conv`` (left zero padding), as
-    one matrix product over windows of the conv's taps: ``[B, L, D_in] -> [B, L, C]``, or
-    ``[B, C, L]`` with ``channels_first``.
+    """``conv(inputs @ projection.T)`` for a causal depth-wise ``conv`` (left zero padding),
+    then with ``glu`` the GLU over the channels: ``[B, L, D_in] -> [B, L, C]``, or
+    ``[B, C, L]`` with ``channels_first`` (C halved by the GLU).
 
-    Both steps are linear, so the effective weight is
-    ``W_eff[c, (j, d)] = w_conv[c, j] projection[c, d]``; on CPU this is about twice as fast as a
-    linear layer followed by ``conv1d``. ``channels_first`` computes ``W_eff @ windows^T`` per
-    sequence, which writes the transposed result directly instead of copying it afterwards.
+    Both steps are linear. On CPU they run as a product then the conv's shifted taps
+    (``_ProjectThenTaps``); on a GPU as one product over the windows of the conv's taps with
+    the effective weight ``W_eff[c, (j, d)] = w_conv[c, j] projection[c, d]``, which costs
+    ``kernel_size`` times the multiply-adds but no element-wise passes (``_WindowedProduct``
+    channels-first, which writes the transposed result directly).
     """
+    device_type = inputs.device.type
+    if torch.is_autocast_enabled(device_type):
+        # Every step runs in the autocast dtype, as a product under autocast would.
+        inputs = inputs.to(torch.get_autocast_dtype(device_type))
+    if _factors_short_conv(inputs):
+        dtype = inputs.dtype
+        weight, bias = conv.weight.squeeze(1).to(dtype), conv.bias.to(dtype)
+        return _ProjectThenTaps.apply(
+            inputs, projection.to(dtype), weight, bias, conv.dilation[0], channels_first, glu
+        )
     weight = (conv.weight.transpose(1, 2) * projection.unsqueeze(1)).flatten(1)  # [C, K * D_in]
-    if not channels_first:
+    if channels_first:
+        # In the inputs' dtype: under autocast the product would cast an expanded weight, which
+        # materialises (and keeps for the backward) a [B, C, K * D_in] copy of it.
+        weight, bias = weight.to(inputs.dtype), conv.bias.to(inputs.dtype)
+        outputs = _WindowedProduct.apply(inputs, weight, bias, *conv.dilation)
+    else:
         windows = causal_windows(inputs, conv.kernel_size[0], conv.dilation[0])
-        return F.linear(windows, weight, conv.bias)
-    # In the inputs' dtype: under autocast the product would cast an expanded weight, which
-    # materialises (and keeps for the backward) a [B, C, K * D_in] copy of it.
-    weight, bias = weight.to(inputs.dtype), conv.bias.to(inputs.dtype)
-    return _WindowedProduct.apply(inputs, weight, bias, *conv.dilation)
+        outputs = F.linear(windows, weight, conv.bias)
+    # value * sigmoid(gate) as one fused op, which also spares the backward a concat.
+    return F.glu(outputs, dim=1 if channels_first else -1) if glu else outputs
 
 
-def _rebuilds_windows(inputs: torch.Tensor) -> bool:
-    """Whether ``_WindowedProduct`` keeps ``inputs`` rather than their windows (see there)."""
-    return inputs.is_cuda
+def _factors_short_conv(inputs: torch.Tensor) -> bool:
+    """Whether ``projected_causal_conv`` runs the projection and the conv's taps as separate
+    steps (``_ProjectThenTaps``, on CPU) rather than as one product over the taps' windows
+    (``_WindowedProduct``, on GPUs, whose matrix products are cheap next to extra element-wise
+    passes)."""
+    return not inputs.is_cuda
 
 
 class _WindowedProduct(torch.autograd.Function):
-    """``W @ causal_windows(u)^T + b`` per sequence, channels-first (``[B, C, L]``). On a GPU it
-    keeps ``u`` for the backward instead of its windows, which are ``kernel_size`` times larger,
-    and rebuilds them there (a few shifted copies): GPU memory is the limit at long L. On CPU the
-    rebuild costs more time (about 3% of a training step) than the memory is worth, so the
-    windows are kept, as autograd would."""
+    """``W @ causal_windows(u)^T + b`` per sequence, channels-first (``[B, C, L]``): the
+    projection and the conv's taps as one product (the GPU's short path, see
+    ``_factors_short_conv``). It keeps ``u`` for the backward pass instead of its windows, which
+    are ``kernel_size`` times larger, and rebuilds them there (a few shifted copies): GPU memory
+    is the limit at long L."""
 
     @staticmethod
     def forward(ctx, inputs, weight, bias, dilation):  # [B, L, D], [C, K * D], [C]
         windows = causal_windows(inputs, weight.shape[1] // inputs.shape[-1], dilation)
-        ctx.keeps_windows = not _rebuilds_windows(inputs)
-        ctx.save_for_backward(windows if ctx.keeps_windows else inputs, weight)
+        ctx.save_for_backward(inputs, weight)
         ctx.dilation, ctx.input_shape = dilation, inputs.shape
         bias = bias.unsqueeze(-1).expand(-1, inputs.shape[1])  # [C, L]
         return torch.baddbmm(bias, weight.expand(len(windows), -1, -1), windows.transpose(1, 2))
 
     @staticmethod
     def backward(ctx, grad_outputs):  # [B, C, L]
-        kept, weight = ctx.saved_tensors
+        inputs, weight = ctx.saved_tensors
         grad_outputs = grad_outputs.to(weight.dtype)
         (batch, seq_len, features), dilation = ctx.input_shape, ctx.dilation
         kernel_size = weight.shape[1] // features
@@ -309,11 +329,103 @@ class _WindowedProduct(torch.autograd.Function):
                     grad_inputs[..., : seq_len - shift] += taps
             grad_inputs = grad_inputs.transpose(1, 2)
         if ctx.needs_input_grad[1]:
-            windows = kept if ctx.keeps_windows else causal_windows(kept, kernel_size, dilation)
+            windows = causal_windows(inputs, kernel_size, dilation)
             grad_weight = torch.bmm(grad_outputs, windows).sum(0)
         if ctx.needs_input_grad[2]:
             grad_bias = grad_outputs.sum((0, 2))
         return grad_inputs, grad_weight, grad_bias, None
+
+
+class _ProjectThenTaps(torch.autograd.Function):
+    """``[GLU](conv(u @ W^T))`` with the projection and the depth-wise taps as separate steps:
+    a ``kernel_size``-th of the windowed product's multiply-adds, for ``kernel_size`` shifted
+    element-wise passes. On CPU, where the products dominated, this cut a HyenaRec training
+    step by about a tenth (L=1000, batch 128). Channels-last ``[B, L, C]`` or channels-first
+    ``[B, C, L]`` (one product per sequence that writes it directly).
+
+    Only the inputs and the projection ``z = u @ W^T`` are kept for the backward pass, not also
+    the conv's output that the GLU's backward reads (the taps are recomputed there) nor the
+    windows of the taps."""
+
+    @staticmethod
+    def forward(ctx, inputs, projection, weight, bias, dilation, channels_first, glu):
+        # [B, L, F], [C, F], [C, K], [C]
+        if channels_first:
+            projected = torch.bmm(projection.expand(len(inputs), -1, -1), inputs.transpose(1, 2))
+        else:
+            projected = F.linear(inputs, projection)
+        taps = _Taps(weight, dilation, channels_first)
+        outputs = taps.apply(projected, bias)
+        ctx.taps, ctx.glu = taps, glu
+        ctx.save_for_backward(inputs, projection, weight, bias, projected)
+        return F.glu(outputs, dim=taps.channel_dim) if glu else outputs
+
+    @staticmethod
+    def backward(ctx, grad_outputs):
+        inputs, projection, weight, bias, projected = ctx.saved_tensors
+        taps = ctx.taps
+        grad = grad_outputs.to(projected.dtype)
+        if ctx.glu:
+            outputs = taps.apply(projected, bias)
+            grad = torch.ops.aten.glu_backward(grad, outputs, taps.channel_dim)
+            del outputs
+        grad_projected, grad_weight = taps.backward(grad, projected)
+        grad_bias = grad.sum(taps.other_dims)
+        del grad, projected
+        if taps.channels_first:
+            grad_inputs = torch.bmm(projection.t().expand(len(inputs), -1, -1), grad_projected)
+            grad_inputs = grad_inputs.transpose(1, 2)
+            grad_projection = torch.bmm(grad_projected, inputs).sum(0)
+        else:
+            grad_inputs = grad_projected @ projection
+            grad_projection = grad_projected.flatten(0, 1).t() @ inputs.flatten(0, 1)
+        return grad_inputs, grad_projection, grad_weight, grad_bias, None, None, None
+
+
+class _Taps:
+    """A causal depth-wise conv's taps as shifted in-place updates along the time axis of a
+    channels-first ``[B, C, L]`` or channels-last ``[B, L, C]`` tensor; ``weight`` ``[C, K]``."""
+
+    def __init__(self, weight: torch.Tensor, dilation: int, channels_first: bool):
+        self.weight, self.dilation, self.channels_first = weight, dilation, channels_first
+        self.time_dim, self.channel_dim = (2, 1) if channels_first else (1, 2)
+        self.other_dims = (0, self.time_dim)
+
+    def _tap(self, tap: int) -> torch.Tensor:  # broadcastable over the channels
+        column = self.weight[:, tap]
+        return column.unsqueeze(-1) if self.channels_first else column
+
+    def _shifts(self, seq_len: int):
+        """(tap, shift) of each tap but the last (shift 0) that reads inside the sequence."""
+        kernel_size = self.weight.shape[1]
+        for tap in range(kernel_size - 1):
+            shift = (kernel_size - 1 - tap) * self.dilation
+            if shift < seq_len:
+                yield tap, shift
+
+    def apply(self, projected: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """``out[t] = bias + sum_j w_j z[t - shift_j]``, one output buffer."""
+        bias = bias.unsqueeze(-1) if self.channels_first else bias
+        outputs = torch.addcmul(bias, projected, self._tap(-1))
+        seq_len = projected.shape[self.time_dim]
+        for tap, shift in self._shifts(seq_len):
+            later = outputs.narrow(self.time_dim, shift, seq_len - shift)
+            later.addcmul_(projected.narrow(self.time_dim, 0, seq_len - shift), self._tap(tap))
+        return outputs
+
+    def backward(self, grad: torch.Tensor, projected: torch.Tensor):
+        """Gradients of ``apply`` w.r.t. ``projected`` and ``weight``: tap j read z at
+        ``t - shift_j``, so its gradient is the output gradient shifted back."""
+        seq_len = grad.shape[self.time_dim]
+        grad_projected = grad * self._tap(-1)
+        grad_weight = torch.zeros_like(self.weight)
+        grad_weight[:, -1] = (grad * projected).sum(self.other_dims)
+        for tap, shift in self._shifts(seq_len):
+            later = grad.narrow(self.time_dim, shift, seq_len - shift)
+            earlier = projected.narrow(self.time_dim, 0, seq_len - shift)
+            grad_projected.narrow(self.time_dim, 0, seq_len - shift).addcmul_(later, self._tap(tap))
+            grad_weight[:, tap] = (later * earlier).sum(self.other_dims)
+        return grad_projected, grad_weight
 
 
 class ShortPath(nn.Module):
@@ -321,8 +433,8 @@ class ShortPath(nn.Module):
     with ``glu``, GLU gating ``a * sigmoid(b)`` of a doubled projection (HyenaRec's addition
     for short bursts of interest).
 
-    The projection and the depth-wise conv run as one matrix product (``projected_causal_conv``),
-    whose output is already channels-last for the gating. The in-projection's bias enters through
+    The projection, the depth-wise conv and the GLU run fused (``projected_causal_conv``),
+    channels-first as the long path wants them. The in-projection's bias enters through
     a mask channel, so that padding looks like the conv's own zero padding rather than like the
     bias.
     """
@@ -348,8 +460,8 @@ class ShortPath(nn.Module):
             mask = inputs.new_ones(*inputs.shape[:2], 1)
         device_type = inputs.device.type
         if torch.is_autocast_enabled(device_type):
-            # The product runs in the autocast dtype anyway: cut the taps' windows (3x the
-            # features) in it rather than in float32 and then cast.
+            # The product runs in the autocast dtype anyway: build its features (and on a GPU
+            # their taps' windows, 3x the bytes) in it rather than in float32 and then cast.
             inputs = inputs.to(torch.get_autocast_dtype(device_type))
             mask = mask.to(inputs.dtype)
         projection = torch.cat([self.in_proj.weight, self.in_proj.bias.unsqueeze(1)], dim=1)
@@ -361,13 +473,9 @@ class ShortPath(nn.Module):
             parts.append(inputs.new_zeros(*inputs.shape[:2], padding))
             projection = F.pad(projection, (0, padding))
         features = torch.cat(parts, dim=-1)  # [B, L, D + 1 (+ padding)]
-        streams = projected_causal_conv(
-            features, projection, self.short_conv.conv, channels_first=True
+        return projected_causal_conv(
+            features, projection, self.short_conv.conv, channels_first=True, glu=self.glu
         )  # [B, C, L]
-        if self.glu:
-            # value * sigmoid(gate) as one fused op, which also spares the backward a concat.
-            streams = F.glu(streams, dim=1)
-        return streams
 
 
 class HyenaOperator(nn.Module):

@@ -18,6 +18,7 @@ from recbole_hyena.model.layers import (
     causal_windows,
     fast_fft_length,
     fft_causal_conv,
+    projected_causal_conv,
 )
 from tests.conftest import saved_activations
 
@@ -221,17 +222,17 @@ def test_operator_rejects_sequences_longer_than_its_filter():
         make_operator()(torch.randn(1, 41, 8))
 
 
-@pytest.mark.parametrize("rebuilds_windows", [False, True])  # CPU's way and the GPU's
+@pytest.mark.parametrize("factors", [True, False])  # CPU's way and the GPU's
 @pytest.mark.parametrize(
     "kernel_size, dilation, glu", [(3, 1, True), (3, 2, False), (1, 1, True), (4, 6, True)]
 )
 def test_short_path_equals_projection_then_depthwise_conv(
-    kernel_size, dilation, glu, rebuilds_windows, monkeypatch
+    kernel_size, dilation, glu, factors, monkeypatch
 ):
     """The fused short path is exactly ``conv(mask * in_proj(x))`` (then the GLU), padding
-    positions included, in values and in the gradients of its inputs and parameters (its
-    backward is hand-written, and on a GPU rebuilds the taps' windows)."""
-    monkeypatch.setattr(layers, "_rebuilds_windows", lambda inputs: rebuilds_windows)
+    positions included, in values and in the gradients of its inputs and parameters (both
+    ways of computing it have hand-written backward passes)."""
+    monkeypatch.setattr(layers, "_factors_short_conv", lambda inputs: factors)
     torch.manual_seed(kernel_size + dilation)
     path = ShortPath(6, 3, kernel_size=kernel_size, dilation=dilation, glu=glu)
     inputs = torch.randn(2, 15, 6, requires_grad=True)
@@ -248,6 +249,36 @@ def test_short_path_equals_projection_then_depthwise_conv(
     assert torch.allclose(path(inputs), path(inputs, torch.ones(2, 15, 1)))
     weights = torch.randn_like(expected)
     leaves = [inputs, *path.parameters()]
+    fused = torch.autograd.grad((outputs * weights).sum(), leaves)
+    reference = torch.autograd.grad((expected * weights).sum(), leaves)
+    for grad, want in zip(fused, reference):
+        torch.testing.assert_close(grad, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("factors", [True, False])  # CPU's way and the GPU's
+@pytest.mark.parametrize("channels_first", [True, False])
+@pytest.mark.parametrize("kernel_size, dilation, glu", [(4, 1, False), (3, 2, True), (2, 9, True)])
+def test_projected_causal_conv_equals_projection_then_depthwise_conv(
+    kernel_size, dilation, glu, channels_first, factors, monkeypatch
+):
+    """Both layouts (the short path's channels-first, TADN's channels-last), in values and in
+    the gradients of the inputs, the projection and the conv's parameters; a shift past the
+    sequence (2 x 9 > 12) reads only padding."""
+    monkeypatch.setattr(layers, "_factors_short_conv", lambda inputs: factors)
+    torch.manual_seed(kernel_size * dilation)
+    conv = CausalShortConv(8, kernel_size, dilation)
+    projection = torch.randn(8, 5, requires_grad=True)
+    inputs = torch.randn(3, 12, 5, requires_grad=True)
+    expected = conv((inputs @ projection.t()).transpose(1, 2))  # [B, C, L]
+    if glu:
+        value, gate = expected.chunk(2, dim=1)
+        expected = value * torch.sigmoid(gate)
+    if not channels_first:
+        expected = expected.transpose(1, 2)
+    outputs = projected_causal_conv(inputs, projection, conv.conv, channels_first, glu)
+    torch.testing.assert_close(outputs, expected, atol=1e-5, rtol=1e-5)
+    weights = torch.randn_like(expected)
+    leaves = [inputs, projection, *conv.parameters()]
     fused = torch.autograd.grad((outputs * weights).sum(), leaves)
     reference = torch.autograd.grad((expected * weights).sum(), leaves)
     for grad, want in zip(fused, reference):
