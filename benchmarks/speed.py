@@ -719,7 +719,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dtypes", nargs="+", help="fp32 bf16 fp16 (default: fp32, +bf16 on GPU)")
     parser.add_argument("--timeout", type=float, default=600, help="seconds per child process")
     parser.add_argument("--repeats", type=int, default=3, help="timed steps per phase")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed steps per phase")
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=2,
+        help="untimed steps per phase (on CPU a fresh process's second step still grows glibc's "
+        "heap: HyTRec's took 5.4 s against 3.5 s from the third on at L=1000)",
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch threads on CPU (0: default)")
     parser.add_argument(
         "--max-memory-gb",
