@@ -723,8 +723,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--warmup",
         type=int,
         default=2,
-        help="untimed steps per phase (on CPU a fresh process's second step still grows glibc's "
-        "heap: HyTRec's took 5.4 s against 3.5 s from the third on at L=1000)",
+        help="untimed steps per phase (on CPU a fresh process's second step is still slow: "
+        "HyTRec's took 5.4 s against 3.5 s from the third on at L=1000)",
     )
     parser.add_argument("--threads", type=int, default=0, help="torch threads on CPU (0: default)")
     parser.add_argument(
