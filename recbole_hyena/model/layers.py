@@ -356,14 +356,14 @@ class _ProjectThenTaps(torch.autograd.Function):
             projected = F.linear(inputs, projection)
         taps = _Taps(weight, dilation, channels_first)
         outputs = taps.apply(projected, bias)
-        ctx.taps, ctx.glu = taps, glu
+        ctx.dilation, ctx.channels_first, ctx.glu = dilation, channels_first, glu
         ctx.save_for_backward(inputs, projection, weight, bias, projected)
         return F.glu(outputs, dim=taps.channel_dim) if glu else outputs
 
     @staticmethod
     def backward(ctx, grad_outputs):
         inputs, projection, weight, bias, projected = ctx.saved_tensors
-        taps = ctx.taps
+        taps = _Taps(weight, ctx.dilation, ctx.channels_first)
         grad = grad_outputs.to(projected.dtype)
         if ctx.glu:
             outputs = taps.apply(projected, bias)
