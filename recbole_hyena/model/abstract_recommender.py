@@ -92,6 +92,17 @@ def all_items_cross_entropy(
     return _BlockwiseScoresCrossEntropy.apply(queries, item_matrix, bias, targets, rows)
 
 
+def _block_scores(block: torch.Tensor, matrix: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``block @ matrix.T + bias`` in float32; a 0-dim ``bias`` is the zero constant of a model
+    without one. In float32 the bias enters the product itself (one pass fewer over the
+    scores)."""
+    if bias.dim() == 0:
+        return (block @ matrix.t()).float()
+    if block.dtype == torch.float32:
+        return torch.addmm(bias.float(), block, matrix.t())
+    return (block @ matrix.t()).float() + bias.float()
+
+
 class _BlockwiseScoresCrossEntropy(torch.autograd.Function):
     """All-item cross-entropy with its gradients computed in the forward pass, ``rows`` score
     rows at a time. All-position training scores every position: at ML-1M's shape (batch 128,
@@ -117,14 +128,18 @@ class _BlockwiseScoresCrossEntropy(torch.autograd.Function):
             for start in range(0, len(queries), rows):
                 block = queries[start : start + rows].to(dtype)
                 block_targets = targets[start : start + rows]
-                scores = (block @ matrix.t()).float() + bias.float()  # [rows, n_items]
-                log_norm = scores.logsumexp(dim=-1, keepdim=True)
+                scores = _block_scores(block, matrix, bias)  # [rows, n_items], float32
                 target_scores = scores.gather(1, block_targets.unsqueeze(1))
-                total += (log_norm - target_scores).sum()
-                # d loss_sum / d scores = softmax - onehot, computed in place
-                grad_scores = scores.sub_(log_norm).exp_()
+                # d loss_sum / d scores = softmax - onehot, in place and with one exp: the
+                # log-sum-exp comes from the softmax's own max and sum
+                max_scores = scores.amax(dim=-1, keepdim=True)
+                grad_scores = scores.sub_(max_scores).exp_()
+                sums = grad_scores.sum(dim=-1, keepdim=True)
+                total += (max_scores + sums.log() - target_scores).sum()
+                grad_scores.div_(sums)
                 grad_scores[torch.arange(len(block), device=block.device), block_targets] -= 1
-                grad_bias += grad_scores.sum(0)
+                if ctx.needs_input_grad[2]:
+                    grad_bias += grad_scores.sum(0)
                 grad_scores = grad_scores.to(dtype)
                 grad_queries[start : start + rows] = grad_scores @ matrix
                 grad_matrix += (grad_scores.t() @ block).float()
