@@ -12,7 +12,7 @@ short convolution both run over the contiguous last dimension.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import partial
 
 import torch
@@ -395,7 +395,7 @@ class _Taps:
         column = self.weight[:, tap]
         return column.unsqueeze(-1) if self.channels_first else column
 
-    def _shifts(self, seq_len: int):
+    def _shifts(self, seq_len: int) -> Iterator[tuple[int, int]]:
         """(tap, shift) of each tap but the last (shift 0) that reads inside the sequence."""
         kernel_size = self.weight.shape[1]
         for tap in range(kernel_size - 1):
@@ -413,7 +413,9 @@ class _Taps:
             later.addcmul_(projected.narrow(self.time_dim, 0, seq_len - shift), self._tap(tap))
         return outputs
 
-    def backward(self, grad: torch.Tensor, projected: torch.Tensor):
+    def backward(
+        self, grad: torch.Tensor, projected: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Gradients of ``apply`` w.r.t. ``projected`` and ``weight``: tap j read z at
         ``t - shift_j``, so its gradient is the output gradient shifted back."""
         seq_len = grad.shape[self.time_dim]
