@@ -93,6 +93,8 @@ COLUMNS = [
     "params",
     "fwd_flops_per_token",
     "repeats",
+    "rounds",
+    "train_ms_rounds",
     "matmul_gflops",
     "wall_s",
     "load_before",
@@ -565,6 +567,34 @@ def read_rows(path: Path) -> list[dict]:
     return rows
 
 
+def combine_rounds(rounds: list[list[dict]]) -> list[dict]:
+    """One row per (model, dtype, L) from the rows of several rounds of the same grid: the
+    round with the median train time among those that ran (the lower one of an even count),
+    so that every field of the kept row comes from one run, with ``rounds`` (how many rounds
+    measured the cell) and ``train_ms_rounds`` (each round's train time, in round order); a
+    cell that never ran keeps its first round's row."""
+    cells: dict[tuple, list[dict]] = {}
+    for rows in rounds:
+        for row in rows:
+            cells.setdefault((row["model"], row["dtype"], row["seq_len"]), []).append(row)
+    combined = []
+    for runs in cells.values():
+        timed = [row for row in runs if row.get("status") == "ok" and _has(row, "train_ms")]
+        if not timed:
+            combined.append(runs[0])
+            continue
+        by_time = sorted(timed, key=lambda row: float(row["train_ms"]))
+        row = dict(by_time[(len(by_time) - 1) // 2])
+        row["rounds"] = len(timed)
+        row["train_ms_rounds"] = "/".join(f"{float(run['train_ms']):.1f}" for run in timed)
+        combined.append(row)
+    return combined
+
+
+def _has(row: dict, key: str) -> bool:
+    return row.get(key) not in (None, "")
+
+
 def merge_rows(kept: list[dict], new: list[dict]) -> list[dict]:
     """``kept`` rows not measured again, then ``new``, ordered by dtype, model and L."""
     measured = {(row["model"], row["dtype"], row["seq_len"]) for row in new}
@@ -726,6 +756,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="untimed steps per phase (on CPU a fresh process's second step is still slow: "
         "HyTRec's took 5.4 s against 3.5 s from the third on at L=1000)",
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run the whole grid this many times, every model once per round, and keep per "
+        "cell the round with the median train time (train_ms_rounds lists every round's): on "
+        "a machine whose speed drifts, models of one round ran close together",
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch threads on CPU (0: default)")
     parser.add_argument(
         "--max-memory-gb",
@@ -836,6 +874,11 @@ def build_header(args: argparse.Namespace, device: str, overrides: dict) -> dict
             "average) and matmul_gflops (rate of a 512^3 fp32 matrix product measured in the "
             "run, before its steps) per row; times are upper bounds of an idle machine's"
         )
+    if args.rounds > 1:
+        header["rounds"] = (
+            f"{args.rounds} rounds of the whole grid; each cell keeps the round with the median "
+            "train time (train_ms_rounds lists every round's, in order, for paired comparisons)"
+        )
     if args.note:
         header["note"] = args.note
     return header
@@ -891,51 +934,55 @@ def main(argv: list[str] | None = None) -> list[dict]:
     profiles = set(args.profile)
     deadline = time.monotonic() + args.budget if args.budget else math.inf
 
-    rows: list[dict] = []
     kept: list[dict] = read_rows(csv_path) if args.append and csv_path.is_file() else []
     failed_at: dict[tuple[str, str], tuple[int, str]] = {}
+    rounds: list[list[dict]] = []
     # Lengths outermost, so that a budget that runs out still leaves every model's short runs.
-    for dtype in dtypes:
-        for seq_len in lengths:
-            for model in args.models:
-                row = {"model": model, "dtype": dtype, "seq_len": seq_len, "batch": args.batch}
-                failure = failed_at.get((model, dtype))
-                if failure is not None and not args.keep_going:
-                    row.update(status="skipped", note=f"{failure[1]} at L={failure[0]}")
-                elif time.monotonic() + min(args.timeout, 30) > deadline:
-                    row.update(status="skipped", note=f"over the {args.budget:.0f} s budget")
-                else:
-                    spec = {
-                        **row,
-                        "device": device,
-                        "hidden": args.hidden,
-                        "layers": args.layers,
-                        "heads": args.heads,
-                        "n_items": args.n_items,
-                        "warmup": args.warmup,
-                        "repeats": args.repeats,
-                        "threads": args.threads,
-                        "max_memory_gb": args.max_memory_gb,
-                        "overrides": overrides,
-                        "compile": args.compile,
-                        "fused_layer_norm": args.fused_layer_norm,
-                        "keep_freed_memory": args.keep_freed_memory,
-                        "loss": args.loss,
-                        "seed": args.seed,
-                        "profile_to": str(args.out)
-                        if f"{model}:{seq_len}:{dtype}" in profiles
-                        else None,
-                    }
-                    timeout = min(args.timeout, max(deadline - time.monotonic(), 1))
-                    row = run_one(spec, timeout, cut_by_budget=timeout < args.timeout)
-                    row["repeats"] = args.repeats
-                    if row["status"] != "ok":
-                        failed_at[(model, dtype)] = (seq_len, row["status"])
-                rows.append(row)
-                print(_progress_line(row), flush=True)
-                # After every run, so that an interrupted benchmark keeps what finished.
-                write_csv(csv_path, merge_rows(kept, rows), header)
-    rows = merge_rows(kept, rows)
+    cells = [
+        (dtype, seq_len, model) for dtype in dtypes for seq_len in lengths for model in args.models
+    ]
+    for round_index in range(max(1, args.rounds)):
+        rows: list[dict] = []
+        rounds.append(rows)
+        for dtype, seq_len, model in cells:
+            row = {"model": model, "dtype": dtype, "seq_len": seq_len, "batch": args.batch}
+            failure = failed_at.get((model, dtype))
+            if failure is not None and not args.keep_going:
+                row.update(status="skipped", note=f"{failure[1]} at L={failure[0]}")
+            elif time.monotonic() + min(args.timeout, 30) > deadline:
+                row.update(status="skipped", note=f"over the {args.budget:.0f} s budget")
+            else:
+                spec = {
+                    **row,
+                    "device": device,
+                    "hidden": args.hidden,
+                    "layers": args.layers,
+                    "heads": args.heads,
+                    "n_items": args.n_items,
+                    "warmup": args.warmup,
+                    "repeats": args.repeats,
+                    "threads": args.threads,
+                    "max_memory_gb": args.max_memory_gb,
+                    "overrides": overrides,
+                    "compile": args.compile,
+                    "fused_layer_norm": args.fused_layer_norm,
+                    "keep_freed_memory": args.keep_freed_memory,
+                    "loss": args.loss,
+                    "seed": args.seed,
+                    "profile_to": str(args.out)
+                    if f"{model}:{seq_len}:{dtype}" in profiles and round_index == 0
+                    else None,
+                }
+                timeout = min(args.timeout, max(deadline - time.monotonic(), 1))
+                row = run_one(spec, timeout, cut_by_budget=timeout < args.timeout)
+                row["repeats"] = args.repeats
+                if row["status"] != "ok":
+                    failed_at[(model, dtype)] = (seq_len, row["status"])
+            rows.append(row)
+            print(_progress_line(row), flush=True)
+            # After every run, so that an interrupted benchmark keeps what finished.
+            write_csv(csv_path, merge_rows(kept, combine_rounds(rounds)), header)
+    rows = merge_rows(kept, combine_rounds(rounds))
     write_reports(args.out, tag, rows, header)
     return rows
 

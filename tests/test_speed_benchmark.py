@@ -45,6 +45,45 @@ def test_a_tiny_run_writes_csv_markdown_and_plot(tmp_path):
     assert (tmp_path / "speed_smoke.png").stat().st_size > 0
 
 
+def test_rounds_keep_the_median_round_of_each_cell_and_every_round_s_time():
+    def row(model, seq_len, status="ok", train_ms=None, peak=None):
+        return {
+            "model": model,
+            "dtype": "fp32",
+            "seq_len": seq_len,
+            "status": status,
+            "train_ms": train_ms,
+            "train_peak_mb": peak,
+        }
+
+    rounds = [
+        [row("A", 8, train_ms=30.0, peak=1), row("B", 8, "oom")],
+        [row("A", 8, train_ms=10.0, peak=2), row("B", 8, "skipped")],
+        [row("A", 8, train_ms=20.0, peak=3), row("B", 8, "skipped")],
+        [row("A", 8, "error"), row("B", 8, "skipped")],
+    ]
+    first, second = speed.combine_rounds(rounds)
+    # the median round's row whole (its peak too), the failed round left out of the count
+    assert (first["train_ms"], first["train_peak_mb"], first["rounds"]) == (20.0, 3, 3)
+    assert first["train_ms_rounds"] == "30.0/10.0/20.0"
+    assert second["status"] == "oom"  # a cell that never ran keeps its first row
+    two = speed.combine_rounds(rounds[:2])[0]
+    assert two["train_ms"] == 10.0  # an even count keeps the lower median
+
+
+def test_a_grid_runs_once_per_round(tmp_path):
+    rows = speed.main(
+        ["--models", "HyenaRec", "--lengths", "16", "--batch", "2", "--n-items", "30"]
+        + ["--repeats", "1", "--warmup", "0", "--device", "cpu", "--threads", "1"]
+        + ["--out", str(tmp_path), "--tag", "rounds", "--timeout", "240", "--rounds", "2"]
+    )
+    assert len(rows) == 1 and rows[0]["rounds"] == 2
+    assert len(rows[0]["train_ms_rounds"].split("/")) == 2
+    written = read_rows(tmp_path / "speed_rounds.csv")
+    assert written[0]["rounds"] == "2"
+    assert "# rounds: 2 rounds" in (tmp_path / "speed_rounds.csv").read_text()
+
+
 def test_all_position_loss_trains_every_position_and_skips_models_without_it(tmp_path):
     model = build_model("HyenaRec", 30)
     batch = speed.synthetic_batch(model, 2, 8, 30, torch.Generator(), all_positions=True)
