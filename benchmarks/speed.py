@@ -579,7 +579,11 @@ def combine_rounds(rounds: list[list[dict]]) -> list[dict]:
             cells.setdefault((row["model"], row["dtype"], row["seq_len"]), []).append(row)
     combined = []
     for runs in cells.values():
-        timed = [row for row in runs if row.get("status") == "ok" and _has(row, "train_ms")]
+        timed = [
+            row
+            for row in runs
+            if row.get("status") == "ok" and row.get("train_ms") not in (None, "")
+        ]
         if not timed:
             combined.append(runs[0])
             continue
@@ -589,10 +593,6 @@ def combine_rounds(rounds: list[list[dict]]) -> list[dict]:
         row["train_ms_rounds"] = "/".join(f"{float(run['train_ms']):.1f}" for run in timed)
         combined.append(row)
     return combined
-
-
-def _has(row: dict, key: str) -> bool:
-    return row.get(key) not in (None, "")
 
 
 def merge_rows(kept: list[dict], new: list[dict]) -> list[dict]:
@@ -825,7 +825,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tag", help="file name suffix (default: the device)")
     parser.add_argument("--note", default="", help="free text stored with the settings")
     parser.add_argument("--child", help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error(f"--rounds must be >= 1, got {args.rounds}")
+    return args
 
 
 def loss_positions(loss: str) -> str:
@@ -941,7 +944,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     cells = [
         (dtype, seq_len, model) for dtype in dtypes for seq_len in lengths for model in args.models
     ]
-    for round_index in range(max(1, args.rounds)):
+    for round_index in range(args.rounds):
         rows: list[dict] = []
         rounds.append(rows)
         for dtype, seq_len, model in cells:

@@ -71,6 +71,12 @@ def test_rounds_keep_the_median_round_of_each_cell_and_every_round_s_time():
     assert two["train_ms"] == 10.0  # an even count keeps the lower median
 
 
+def test_rounds_below_one_are_refused(capsys):
+    with pytest.raises(SystemExit):
+        speed.parse_args(["--rounds", "0"])
+    assert "--rounds must be >= 1, got 0" in capsys.readouterr().err
+
+
 def test_a_grid_runs_once_per_round(tmp_path):
     rows = speed.main(
         ["--models", "HyenaRec", "--lengths", "16", "--batch", "2", "--n-items", "30"]
