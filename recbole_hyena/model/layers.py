@@ -12,7 +12,7 @@ short convolution both run over the contiguous last dimension.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from functools import partial
 
 import torch
@@ -295,6 +295,14 @@ def _factors_short_conv(inputs: torch.Tensor) -> bool:
     return not inputs.is_cuda
 
 
+def _tap_shifts(kernel_size: int, dilation: int, seq_len: int) -> list[tuple[int, int]]:
+    """``(tap, shift)`` of each tap of a causal conv that reads inside a sequence of
+    ``seq_len``: tap ``j`` reads ``t - shift`` with ``shift = (kernel_size - 1 - j) * dilation``
+    (the last tap, shift 0, always)."""
+    shifts = ((tap, (kernel_size - 1 - tap) * dilation) for tap in range(kernel_size))
+    return [(tap, shift) for tap, shift in shifts if shift < seq_len]
+
+
 class _WindowedProduct(torch.autograd.Function):
     """``W @ causal_windows(u)^T + b`` per sequence, channels-first (``[B, C, L]``): the
     projection and the conv's taps as one product (the GPU's short path, see
@@ -322,11 +330,9 @@ class _WindowedProduct(torch.autograd.Function):
             # channels-first as the product gives it ([B, K * D, L]), transposed at the end.
             grad_windows = torch.bmm(weight.t().expand(len(grad_outputs), -1, -1), grad_outputs)
             grad_inputs = grad_windows.new_zeros(batch, features, seq_len)
-            for tap in range(kernel_size):
-                shift = (kernel_size - 1 - tap) * dilation
-                if shift < seq_len:
-                    taps = grad_windows[:, tap * features : (tap + 1) * features, shift:]
-                    grad_inputs[..., : seq_len - shift] += taps
+            for tap, shift in _tap_shifts(kernel_size, dilation, seq_len):
+                taps = grad_windows[:, tap * features : (tap + 1) * features, shift:]
+                grad_inputs[..., : seq_len - shift] += taps
             grad_inputs = grad_inputs.transpose(1, 2)
         if ctx.needs_input_grad[1]:
             windows = causal_windows(inputs, kernel_size, dilation)
@@ -395,13 +401,9 @@ class _Taps:
         column = self.weight[:, tap]
         return column.unsqueeze(-1) if self.channels_first else column
 
-    def _shifts(self, seq_len: int) -> Iterator[tuple[int, int]]:
-        """(tap, shift) of each tap but the last (shift 0) that reads inside the sequence."""
-        kernel_size = self.weight.shape[1]
-        for tap in range(kernel_size - 1):
-            shift = (kernel_size - 1 - tap) * self.dilation
-            if shift < seq_len:
-                yield tap, shift
+    def _shifts(self, seq_len: int) -> list[tuple[int, int]]:
+        """``_tap_shifts`` but the last tap (shift 0), which ``apply`` starts the output with."""
+        return _tap_shifts(self.weight.shape[1], self.dilation, seq_len)[:-1]
 
     def apply(self, projected: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         """``out[t] = bias + sum_j w_j z[t - shift_j]``, one output buffer."""
