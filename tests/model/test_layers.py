@@ -255,16 +255,18 @@ def test_short_path_equals_projection_then_depthwise_conv(
         torch.testing.assert_close(grad, want, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("factors", [True, False])  # CPU's way and the GPU's
+# The CPU's way, in one chunk and in chunks of two sequences then one; the GPU's way.
+@pytest.mark.parametrize("factors, chunk_bytes", [(True, 2**20), (True, 800), (False, 2**20)])
 @pytest.mark.parametrize("channels_first", [True, False])
 @pytest.mark.parametrize("kernel_size, dilation, glu", [(4, 1, False), (3, 2, True), (2, 9, True)])
 def test_projected_causal_conv_equals_projection_then_depthwise_conv(
-    kernel_size, dilation, glu, channels_first, factors, monkeypatch
+    kernel_size, dilation, glu, channels_first, factors, chunk_bytes, monkeypatch
 ):
     """Both layouts (the short path's channels-first, TADN's channels-last), in values and in
     the gradients of the inputs, the projection and the conv's parameters; a shift past the
     sequence (2 x 9 > 12) reads only padding."""
     monkeypatch.setattr(layers, "_factors_short_conv", lambda inputs: factors)
+    monkeypatch.setattr(layers, "_CACHE_CHUNK_BYTES", chunk_bytes)  # 384 bytes a sequence
     torch.manual_seed(kernel_size * dilation)
     conv = CausalShortConv(8, kernel_size, dilation)
     projection = torch.randn(8, 5, requires_grad=True)
@@ -283,6 +285,27 @@ def test_projected_causal_conv_equals_projection_then_depthwise_conv(
     reference = torch.autograd.grad((expected * weights).sum(), leaves)
     for grad, want in zip(fused, reference):
         torch.testing.assert_close(grad, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("channels_first", [True, False])
+def test_projected_causal_conv_under_cpu_bf16_autocast_matches_float32(channels_first, monkeypatch):
+    """In bf16 under autocast, in chunks (each chunk's parameter gradients summed in float32),
+    close to float32, every gradient in its parameter's dtype."""
+    monkeypatch.setattr(layers, "_CACHE_CHUNK_BYTES", 800)
+    torch.manual_seed(0)
+    conv = CausalShortConv(8, 3)
+    projection = torch.randn(8, 5, requires_grad=True)
+    inputs = torch.randn(3, 12, 5, requires_grad=True)
+    leaves = [inputs, projection, *conv.parameters()]
+    outputs = projected_causal_conv(inputs, projection, conv.conv, channels_first, glu=True)
+    expected = torch.autograd.grad(outputs.sum(), leaves)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        outputs_bf16 = projected_causal_conv(inputs, projection, conv.conv, channels_first, True)
+    assert outputs_bf16.dtype == torch.bfloat16
+    torch.testing.assert_close(outputs_bf16.float(), outputs, atol=0.1, rtol=0.05)
+    for grad, want in zip(torch.autograd.grad(outputs_bf16.float().sum(), leaves), expected):
+        assert grad.dtype == want.dtype == torch.float32
+        torch.testing.assert_close(grad, want, atol=0.2, rtol=0.05)
 
 
 def test_causal_windows_hold_the_dilated_past():
