@@ -113,6 +113,16 @@ def test_fft_conv_runs_in_float32_under_autocast():
     assert torch.allclose(outputs.float(), reference, atol=0.05, rtol=0.02)
 
 
+@pytest.mark.parametrize(
+    "min_length, expected",
+    # odd 2025 = 3^4 5^2 and 2500 = 4 5^4 were slow; a power of two within 10% is taken
+    [(17, 32), (99, 112), (399, 400), (1999, 2048), (2025, 2048), (2499, 2560), (3001, 3024)],
+)
+def test_cpu_fft_length_is_a_smooth_multiple_of_16_or_a_close_power_of_two(min_length, expected):
+    assert layers.fft_length(min_length, "cpu") == expected
+    assert layers.fft_length(min_length, "cuda") == layers.next_power_of_two(min_length)
+
+
 @pytest.mark.parametrize("min_length", [1, 2, 3, 99, 257, 1999, 8191])
 def test_fast_fft_length_is_smooth_and_not_wasteful(min_length):
     length = fast_fft_length(min_length)
