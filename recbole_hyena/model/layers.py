@@ -610,10 +610,12 @@ class HyenaOperator(nn.Module):
         inputs: torch.Tensor,
         mask: torch.Tensor | None = None,
         positions: torch.Tensor | None = None,
+        kernels: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``[B, L, D] -> [B, L, D]`` (mask ``[B, L, 1]``, 1 at items); with ``positions``
         (``[B]``) only the output at each sequence's position, ``[B, D]``: the last stage is then
-        evaluated there alone (``causal_conv_at``) instead of over every position."""
+        evaluated there alone (``causal_conv_at``) instead of over every position. ``kernels``:
+        ``self.kernels(L)`` computed by the caller, e.g. once for every chunk of a batch."""
         streams = self.short_path(inputs, mask)
         *modulations, value = streams.split(self.d_model, dim=1)
         if mask is not None:
@@ -623,7 +625,8 @@ class HyenaOperator(nn.Module):
             # In the streams' dtype: a float32 mask would promote every stage to float32 under
             # autocast, and each stage's saved activations with it.
             value = value * mask.transpose(1, 2).to(value.dtype)
-        kernels = self.kernels(inputs.shape[1])
+        if kernels is None:
+            kernels = self.kernels(inputs.shape[1])
         last_stage = self.order - 1
         for stage, modulation in enumerate(modulations):
             value = value * modulation

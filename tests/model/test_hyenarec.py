@@ -154,6 +154,22 @@ def test_block_chunks_give_the_same_outputs():
     assert torch.allclose(chunked, whole, atol=1e-6)
 
 
+def test_long_kernels_are_built_once_per_forward_not_per_chunk(monkeypatch):
+    model = build_model(block_chunk_size=2)
+    calls = []
+    for block in model.blocks:
+        generator = block.mixer.long_filter
+        monkeypatch.setattr(generator, "forward", partial(record_call, calls, generator.forward))
+    items, lengths = random_sequences(7, 20, 50)  # four chunks
+    model.forward_sequence(items, lengths)
+    assert len(calls) == len(model.blocks)
+
+
+def record_call(calls: list, function, *args):
+    calls.append(args)
+    return function(*args)
+
+
 def test_auto_block_chunks_keep_cpu_tensors_small_and_change_nothing():
     model = build_model(MAX_ITEM_LIST_LENGTH=2000, block_chunk_size="auto")
     items = torch.ones(128, 2000, dtype=torch.long)
