@@ -90,15 +90,17 @@ class _FFTCausalConv(torch.autograd.Function):
 
     The ``1/n`` of the inverse FFTs over ``[B, C, n]`` is folded into the small kernel spectrum
     (``norm="forward"``), which spares cuFFT's separate scaling pass over the large output.
+    ``spectrum``, when given, is that of ``kernels`` (``kernel_spectrum``), computed once for
+    several calls.
     """
 
     @staticmethod
-    def forward(ctx, inputs, kernels):  # [B, C, L] (any float dtype), [C, L] float32 or 64
+    def forward(ctx, inputs, kernels, spectrum):  # [B, C, L] (any float dtype), [C, L] float32/64
         seq_len = inputs.shape[-1]
         # Zero-padding both signals to >= 2L - 1 turns the FFT's circular convolution into a
         # linear one (and, in the backward, the circular correlations into linear ones).
         fft_len = fft_length(2 * seq_len - 1, inputs.device.type)
-        kernels_f = torch.fft.rfft(kernels, n=fft_len, norm="forward")  # K / n
+        kernels_f = kernel_spectrum(kernels, seq_len) if spectrum is None else spectrum
         products = torch.fft.rfft(inputs.to(kernels.dtype), n=fft_len).mul_(kernels_f)
         ctx.fft_len = fft_len
         ctx.save_for_backward(inputs, kernels_f)
@@ -122,11 +124,21 @@ class _FFTCausalConv(torch.autograd.Function):
             grad_f = grad_f.mul_(kernels_f.conj())  # grad_f is not needed after this
             grad_inputs = torch.fft.irfft(grad_f, n=fft_len, norm="forward")[..., :seq_len]
             grad_inputs = grad_inputs.to(inputs.dtype)
-        return grad_inputs, grad_kernels
+        return grad_inputs, grad_kernels, None
+
+
+def kernel_spectrum(kernels: torch.Tensor, seq_len: int) -> torch.Tensor:
+    """``_FFTCausalConv``'s spectrum of ``kernels`` ``[..., seq_len]`` (float32 or 64, skip term
+    folded in, as ``_float_kernels`` gives them) for inputs of ``seq_len``: ``rfft(K) / n``."""
+    fft_len = fft_length(2 * seq_len - 1, kernels.device.type)
+    return torch.fft.rfft(kernels, n=fft_len, norm="forward")
 
 
 def fft_causal_conv(
-    inputs: torch.Tensor, kernels: torch.Tensor, skip: torch.Tensor | None = None
+    inputs: torch.Tensor,
+    kernels: torch.Tensor,
+    skip: torch.Tensor | None = None,
+    spectrum: torch.Tensor | None = None,
 ) -> torch.Tensor:
     r"""Causal depth-wise convolution ``y[..., t] = sum_{s<=t} k[c, t-s] u[..., c, s] + d[c] u[..., c, t]``.
 
@@ -134,12 +146,15 @@ def fft_causal_conv(
         inputs: ``[B, C, L]``.
         kernels: ``[C, K]`` with ``K >= 1``; taps beyond ``L`` are ignored.
         skip: optional ``[C]`` per-channel skip term ``d``.
+        spectrum: optional ``kernel_spectrum`` of the float32 ``[C, L]`` kernels (skip folded
+            in, ``skip`` then None), e.g. computed once for the chunks of a batch.
 
     The FFT runs in float32 even under autocast (half-precision FFTs lose too much accuracy
     and only accept power-of-two sizes); the result is cast back to the input dtype.
     """
     with torch.autocast(device_type=inputs.device.type, enabled=False):
-        outputs = _FFTCausalConv.apply(inputs, _float_kernels(kernels, skip, inputs.shape[-1]))
+        kernels = _float_kernels(kernels, skip, inputs.shape[-1])
+        outputs = _FFTCausalConv.apply(inputs, kernels, spectrum)
     outputs = outputs.to(inputs.dtype)
     if outputs.is_cuda and not outputs.is_contiguous():
         # The next stage saves this output for its backward, and a slice would keep the whole
@@ -154,7 +169,8 @@ def _float_kernels(kernels: torch.Tensor, skip: torch.Tensor | None, seq_len: in
     ``d`` folded into tap 0: ``d u[t]`` is the convolution with ``d`` at lag 0, which spares a
     multiply and an add over the whole ``[B, C, L]`` input, forward and backward."""
     kernels = kernels[..., :seq_len].float()
-    kernels = F.pad(kernels, (0, seq_len - kernels.shape[-1]))
+    if kernels.shape[-1] < seq_len:
+        kernels = F.pad(kernels, (0, seq_len - kernels.shape[-1]))
     if skip is not None:
         kernels = kernels + F.pad(skip.float().unsqueeze(-1), (0, seq_len - 1))
     return kernels
@@ -605,17 +621,27 @@ class HyenaOperator(nn.Module):
         kernels = self.long_filter(self.filter_length)[:, :seq_len]
         return kernels.view(self.order, self.d_model, seq_len)
 
+    def conv_kernels(self, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """What ``forward`` convolves with over ``seq_len`` positions: the long kernels as
+        float32 with the skip terms folded into tap 0, ``[order, d_model, seq_len]``, and their
+        spectra (``kernel_spectrum``, no gradient). A caller that runs a batch in chunks builds
+        them once for all of them (at L=8000, built per chunk they took ~20% of a step)."""
+        kernels = _float_kernels(self.kernels(seq_len), self.skip, seq_len)
+        with torch.no_grad(), torch.autocast(kernels.device.type, enabled=False):
+            spectra = kernel_spectrum(kernels.detach(), seq_len)
+        return kernels, spectra
+
     def forward(
         self,
         inputs: torch.Tensor,
         mask: torch.Tensor | None = None,
         positions: torch.Tensor | None = None,
-        kernels: torch.Tensor | None = None,
+        conv_kernels: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """``[B, L, D] -> [B, L, D]`` (mask ``[B, L, 1]``, 1 at items); with ``positions``
         (``[B]``) only the output at each sequence's position, ``[B, D]``: the last stage is then
-        evaluated there alone (``causal_conv_at``) instead of over every position. ``kernels``:
-        ``self.kernels(L)`` computed by the caller, e.g. once for every chunk of a batch."""
+        evaluated there alone (``causal_conv_at``) instead of over every position.
+        ``conv_kernels``: ``self.conv_kernels(L)``, from a caller that shares it between chunks."""
         streams = self.short_path(inputs, mask)
         *modulations, value = streams.split(self.d_model, dim=1)
         if mask is not None:
@@ -625,15 +651,14 @@ class HyenaOperator(nn.Module):
             # In the streams' dtype: a float32 mask would promote every stage to float32 under
             # autocast, and each stage's saved activations with it.
             value = value * mask.transpose(1, 2).to(value.dtype)
-        if kernels is None:
-            kernels = self.kernels(inputs.shape[1])
+        kernels, spectra = conv_kernels or self.conv_kernels(inputs.shape[1])
         last_stage = self.order - 1
         for stage, modulation in enumerate(modulations):
             value = value * modulation
             if positions is not None and stage == last_stage:
-                value = causal_conv_at(value, kernels[stage], positions, self.skip[stage])
+                value = causal_conv_at(value, kernels[stage], positions)
                 return self.out_proj(value)  # [B, D]
-            value = fft_causal_conv(value, kernels[stage], self.skip[stage])
+            value = fft_causal_conv(value, kernels[stage], spectrum=spectra[stage])
         return self.out_proj(value.transpose(1, 2))
 
 

@@ -18,6 +18,7 @@ from recbole_hyena.model.layers import (
     causal_windows,
     fast_fft_length,
     fft_causal_conv,
+    kernel_spectrum,
     projected_causal_conv,
 )
 from tests.conftest import saved_activations
@@ -48,12 +49,20 @@ def test_fft_conv_matches_direct_convolution(seq_len):
     )
 
 
+@pytest.mark.parametrize("given_spectrum", [False, True])
 @pytest.mark.parametrize("seq_len", [1, 6, 33])
-def test_fft_conv_hand_written_backward_matches_numerical_gradients(seq_len):
+def test_fft_conv_hand_written_backward_matches_numerical_gradients(seq_len, given_spectrum):
+    """Also with the kernels' spectrum computed outside (no gradient through it): the kernels'
+    gradient still reaches them."""
     torch.manual_seed(seq_len)
     inputs = torch.randn(2, 3, seq_len, dtype=torch.float64, requires_grad=True)
     kernels = torch.randn(3, seq_len, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(_FFTCausalConv.apply, (inputs, kernels))
+
+    def conv(inputs, kernels):
+        spectrum = kernel_spectrum(kernels.detach(), seq_len) if given_spectrum else None
+        return _FFTCausalConv.apply(inputs, kernels, spectrum)
+
+    assert torch.autograd.gradcheck(conv, (inputs, kernels))
 
 
 def test_fft_conv_gradients_match_the_direct_convolution():

@@ -131,16 +131,16 @@ class HyenaRec(CausalSequentialRecommender):
         block's input is kept for the backward pass, which recomputes the block's activations
         (same dropout masks), so the peak memory follows the chunk, not the batch."""
         chunk = sequences_per_chunk(self.block_chunk_size, item_seq, self._bytes_per_position())
-        # The long kernels depend on L only: built once here rather than in every chunk (at
-        # L=8000 a chunk holds 1-2 sequences, and rebuilding them took ~6% of a training step).
-        kernels = [block.mixer.kernels(item_seq.shape[1]) for block in self.blocks]
+        # The long kernels and their spectra depend on L only: built once here rather than in
+        # every chunk (at L=8000 a chunk holds 1-2 sequences).
+        kernels = [block.mixer.conv_kernels(item_seq.shape[1]) for block in self.blocks]
         return map_chunks(partial(self._run_stack, kernels=kernels), chunk, item_seq, positions)
 
     def _run_stack(
         self,
         item_seq: torch.Tensor,
         positions: torch.Tensor | None = None,
-        kernels: list[torch.Tensor] | None = None,
+        kernels: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> torch.Tensor:
         mask = (item_seq > 0).unsqueeze(-1).to(self.item_embedding.weight.dtype)  # [B, L, 1]
         hidden = self.emb_dropout(self.item_embedding(item_seq))  # [B, L, H]
@@ -151,7 +151,7 @@ class HyenaRec(CausalSequentialRecommender):
                 hidden,
                 mask,
                 positions=positions if index == last else None,
-                kernels=None if kernels is None else kernels[index],
+                conv_kernels=None if kernels is None else kernels[index],
             )
         return hidden
 
