@@ -398,7 +398,7 @@ class _ProjectThenTaps(torch.autograd.Function):
         taps = _Taps(weight, bias, dilation, channels_first)
         projected = inputs.new_empty(taps.shape(batch, channels, seq_len))
         outputs = inputs.new_empty(taps.shape(batch, channels // 2 if glu else channels, seq_len))
-        chunks = _cache_chunks(batch, channels * seq_len * inputs.element_size())
+        chunks = _cache_chunks(batch, projected[0].nbytes)
         conv = projected.new_empty(projected[chunks[0]].shape) if glu else None
         for rows in chunks:
             chunk = inputs[rows]
@@ -409,7 +409,7 @@ class _ProjectThenTaps(torch.autograd.Function):
                 torch.matmul(chunk, projection.t(), out=projected[rows])
             if glu:
                 scratch = taps.apply(projected[rows], conv[: len(chunk)])
-                torch._C._nn.glu(scratch, taps.channel_dim, out=outputs[rows])
+                torch.ops.aten.glu.out(scratch, taps.channel_dim, out=outputs[rows])
             else:
                 taps.apply(projected[rows], outputs[rows])
         ctx.dilation, ctx.channels_first, ctx.glu = dilation, channels_first, glu
@@ -427,7 +427,7 @@ class _ProjectThenTaps(torch.autograd.Function):
         grad_weight = torch.zeros_like(weight, dtype=summed)
         grad_bias = torch.zeros_like(bias, dtype=summed)
         grad_inputs = inputs.new_empty(taps.shape(batch, features, seq_len))
-        chunks = _cache_chunks(batch, projected[0].numel() * projected.element_size())
+        chunks = _cache_chunks(batch, projected[0].nbytes)
         buffer_shape = projected[chunks[0]].shape
         conv, grad_conv, grad_chunk = (projected.new_empty(buffer_shape) for _ in range(3))
         for rows in chunks:
@@ -625,7 +625,8 @@ class HyenaOperator(nn.Module):
         """What ``forward`` convolves with over ``seq_len`` positions: the long kernels as
         float32 with the skip terms folded into tap 0, ``[order, d_model, seq_len]``, and their
         spectra (``kernel_spectrum``, no gradient). A caller that runs a batch in chunks builds
-        them once for all of them (at L=8000, built per chunk they took ~20% of a step)."""
+        them once for all of them (at L=8000, batch 128, HyenaRec's CPU step took 12.5 s with the
+        kernels built per chunk, 9.7-10.0 s with them built once)."""
         kernels = _float_kernels(self.kernels(seq_len), self.skip, seq_len)
         with torch.no_grad(), torch.autocast(kernels.device.type, enabled=False):
             spectra = kernel_spectrum(kernels.detach(), seq_len)

@@ -139,9 +139,11 @@ class HyenaRec(CausalSequentialRecommender):
     def _run_stack(
         self,
         item_seq: torch.Tensor,
-        positions: torch.Tensor | None = None,
-        kernels: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+        positions: torch.Tensor | None,
+        *,
+        kernels: list[tuple[torch.Tensor, torch.Tensor]],
     ) -> torch.Tensor:
+        """The blocks on one chunk of sequences; ``kernels``: each block's ``conv_kernels``."""
         mask = (item_seq > 0).unsqueeze(-1).to(self.item_embedding.weight.dtype)  # [B, L, 1]
         hidden = self.emb_dropout(self.item_embedding(item_seq))  # [B, L, H]
         last = len(self.blocks) - 1
@@ -151,7 +153,7 @@ class HyenaRec(CausalSequentialRecommender):
                 hidden,
                 mask,
                 positions=positions if index == last else None,
-                conv_kernels=None if kernels is None else kernels[index],
+                conv_kernels=kernels[index],
             )
         return hidden
 
