@@ -226,6 +226,21 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 
 @needs_cuda
+def test_chunked_rule_cuda_gradients_match_cpu():
+    """The written-out backward on CUDA (library triangular solves) against CPU's (row
+    substitution)."""
+    inputs = random_rule_inputs(2, 2, 70, d_k=16, d_v=16, seed=7)
+    results = []
+    for device in ("cpu", "cuda"):
+        leaves = [x.to(device).requires_grad_() for x in inputs]
+        outputs, state = delta_rule_chunked(*leaves[:5], 32, leaves[5])
+        loss = outputs.square().sum() + state.square().sum()
+        results.append([g.cpu() for g in torch.autograd.grad(loss, leaves)])
+    for on_cuda, on_cpu in zip(results[1], results[0]):
+        torch.testing.assert_close(on_cuda, on_cpu, atol=1e-8, rtol=1e-6)
+
+
+@needs_cuda
 def test_cuda_matches_cpu():
     torch.manual_seed(0)
     layer = TemporalDeltaNet(32, 2, backend="torch")
