@@ -34,7 +34,7 @@ def test_blockwise_loss_and_gradients_equal_autograd(monkeypatch, with_bias, aut
     bias = torch.randn(11, generator=generator) if with_bias else None
     targets = torch.randint(0, 11, (23,), generator=generator)
     # 5 rows of 11 float32 scores a block: 23 rows make 5 blocks, the last one partial
-    monkeypatch.setattr(abstract_recommender, "CPU_CHUNK_BYTES", 5 * 11 * 4)
+    monkeypatch.setattr(abstract_recommender, "CPU_SCORE_BYTES", 5 * 11 * 4)
     tensors = (queries, item_matrix, bias)
     loss, grads = loss_and_gradients(all_items_cross_entropy, tensors, targets, autocast)
     expected, expected_grads = loss_and_gradients(plain_cross_entropy, tensors, targets, autocast)
