@@ -201,7 +201,8 @@ def _solve_unit_lower(
 ) -> torch.Tensor:
     """``(I + A)^-1 rhs`` (``transpose``: ``(I + A)^-T rhs``), ``A`` the strict lower triangle of
     ``matrix`` ``[.., C, C]``, by substitution one row at a time over all chunks at once: for
-    chunks of 32 on CPU this is about 1.8x faster than the batched LAPACK solve, whose per-matrix
+    chunks of 32 on CPU this is 1.6-1.8x faster than the batched LAPACK solve (1,024 systems with
+    64 right-hand sides: 3.0 against 4.9 ms, transposed 3.5 against 6.0 ms), whose per-matrix
     overhead dominates at this size. Other devices keep the library solve (not measured there:
     the loop would be 2 C small kernel launches)."""
     if matrix.device.type != "cpu":
