@@ -68,7 +68,7 @@ def measure_in_child(label: str, seq_len: int, dtype_name: str, args: argparse.N
     ]
     if args.as_gpu:
         command.append("--as-gpu")
-    done = subprocess.run(command, capture_output=True, text=True)
+    done = subprocess.run(command, capture_output=True, text=True, env=speed.checkout_env())
     for line in done.stdout.splitlines():
         if line.startswith(RESULT_PREFIX):
             return json.loads(line[len(RESULT_PREFIX) :])

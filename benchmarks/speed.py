@@ -464,13 +464,21 @@ def _timed(step, sync, warmup: int, repeats: int) -> list[float]:
 # ---------------------------------------------------------------------------------------------
 
 
+def checkout_env() -> dict[str, str]:
+    """A child process's environment with this checkout first on ``PYTHONPATH``: the code
+    measured is the code beside this script, not a copy installed elsewhere (an editable install
+    of another checkout would otherwise win, and the recorded ``git_commit`` would be wrong)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
 def run_one(spec: dict, timeout: float, cut_by_budget: bool = False) -> dict:
     """One child process; its last ``RESULT`` line, or a row saying why there is none."""
     row = {"status": "error", "note": ""}
     load_before = os.getloadavg()[0]
     start = time.perf_counter()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    env = checkout_env()
     if spec.get("keep_freed_memory"):
         env["GLIBC_TUNABLES"] = GLIBC_KEEP_FREED
     command = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)]
