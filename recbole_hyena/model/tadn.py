@@ -148,10 +148,10 @@ def _from_chunks(x: torch.Tensor, seq_len: int) -> torch.Tensor:
 
 def _chunk_products(
     q: torch.Tensor, k: torch.Tensor, log_alpha: torch.Tensor, beta: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Of chunked inputs: the cumulative log decay ``log g`` ``[.., C]``, ``Gamma`` ``[.., C, C]``,
-    ``beta k`` and ``[beta K; Q] K^T`` ``[.., 2C, C]`` (A and the scores before ``* Gamma``, in
-    one product as both multiply ``K^T``)."""
+) -> tuple[torch.Tensor, ...]:
+    """What both passes compute from chunked inputs: the cumulative log decay ``log g``
+    ``[.., C]``, ``g`` ``[.., C, 1]``, ``Gamma`` ``[.., C, C]``, ``beta k``, and ``beta K K^T`` and
+    ``Q K^T`` (A and the scores before ``* Gamma``, from one product as both multiply ``K^T``)."""
     log_g = log_alpha.cumsum(dim=-1)
     size = log_g.shape[-1]
     causal = torch.ones(size, size, dtype=torch.bool, device=q.device).tril()
@@ -159,7 +159,8 @@ def _chunk_products(
     gamma = (log_g.unsqueeze(-1) - log_g.unsqueeze(-2)).masked_fill(~causal, -math.inf).exp()
     beta_k = beta.unsqueeze(-1) * k
     products = torch.cat([beta_k, q], dim=-2) @ k.transpose(-1, -2)
-    return log_g, gamma, beta_k, products
+    keys_products, query_products = products.split(size, dim=-2)
+    return log_g, log_g.exp().unsqueeze(-1), gamma, beta_k, keys_products, query_products
 
 
 def _chunk_transitions(
@@ -231,16 +232,15 @@ def _solve_unit_lower(
 def _add_matmul(
     base: torch.Tensor, left: torch.Tensor, right: torch.Tensor, alpha: float = 1.0
 ) -> torch.Tensor:
-    """``base + alpha * left @ right`` over any leading dims in one ``baddbmm``: no separate
-    product tensor and sum pass."""
-    batch_shape = torch.broadcast_shapes(left.shape[:-2], right.shape[:-2])
+    """``base + alpha * left @ right`` over the same leading dims in one ``baddbmm``: no
+    separate product tensor and sum pass."""
     result = torch.baddbmm(
         base.reshape(-1, *base.shape[-2:]),
-        left.expand(*batch_shape, *left.shape[-2:]).reshape(-1, *left.shape[-2:]),
-        right.expand(*batch_shape, *right.shape[-2:]).reshape(-1, *right.shape[-2:]),
+        left.reshape(-1, *left.shape[-2:]),
+        right.reshape(-1, *right.shape[-2:]),
         alpha=alpha,
     )
-    return result.view(*batch_shape, *result.shape[-2:])
+    return result.view(*base.shape[:-2], *result.shape[-2:])
 
 
 class _ChunkedDeltaRule(torch.autograd.Function):
@@ -253,12 +253,12 @@ class _ChunkedDeltaRule(torch.autograd.Function):
         q_, k_, v_, log_alpha_, beta_ = (
             _to_chunks(x, chunk_size) for x in (q, k, v, log_alpha, beta)
         )
-        log_g, gamma, beta_k, products = _chunk_products(q_, k_, log_alpha_, beta_)
-        system, scores = (products.unflatten(-2, (2, chunk_size)) * gamma.unsqueeze(-3)).unbind(-3)
-        g = log_g.exp().unsqueeze(-1)
+        log_g, g, gamma, beta_k, keys_products, query_products = _chunk_products(
+            q_, k_, log_alpha_, beta_
+        )
         # A keeps Gamma's diagonal: the solve reads its strict lower triangle only.
         rhs = torch.cat([beta_.unsqueeze(-1) * v_, beta_k * g], dim=-1)
-        solved = _solve_unit_lower(system, rhs)
+        solved = _solve_unit_lower(keys_products * gamma, rhs)
         _, _, transitions, writes = _chunk_transitions(solved, k_, log_g, d_v)
         states_before, state = _scan(initial_state, transitions, writes)
 
@@ -266,7 +266,7 @@ class _ChunkedDeltaRule(torch.autograd.Function):
         values, keys_w = solved.split([d_v, k.shape[-1]], dim=-1)
         read = torch.cat([keys_w, q_ * g], dim=-2) @ states_before.transpose(-1, -2)
         keys_w_read, q_read = read.split(chunk_size, dim=-2)
-        outputs = _add_matmul(q_read, scores, values - keys_w_read)
+        outputs = _add_matmul(q_read, query_products * gamma, values - keys_w_read)
         ctx.save_for_backward(q, k, v, log_alpha, beta, solved, states_before)
         ctx.chunk_size = chunk_size
         return _from_chunks(outputs, seq_len), state
@@ -280,9 +280,9 @@ class _ChunkedDeltaRule(torch.autograd.Function):
         q, k, v, log_alpha, beta, grad_o = (
             _to_chunks(x, chunk_size) for x in (q, k, v, log_alpha, beta, grad_outputs)
         )
-        log_g, gamma, beta_k, products = _chunk_products(q, k, log_alpha, beta)
-        keys_products, query_products = products.split(chunk_size, dim=-2)
-        g = log_g.exp().unsqueeze(-1)
+        log_g, g, gamma, beta_k, keys_products, query_products = _chunk_products(
+            q, k, log_alpha, beta
+        )
         q_decayed = q * g
         values, keys_w = solved.split([d_v, d_k], dim=-1)
         k_to_end, to_end, transitions, _ = _chunk_transitions(solved, k, log_g, d_v)

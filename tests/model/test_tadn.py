@@ -83,10 +83,10 @@ def test_chunked_backward_passes_gradcheck(seq_len, chunk_size):
     inputs = random_rule_inputs(2, 2, seq_len, d_k=4, d_v=3, seed=seq_len)
     inputs = [x.requires_grad_() for x in inputs]
 
-    def loss_terms(q, k, v, log_alpha, beta, state):
+    def rule(q, k, v, log_alpha, beta, state):
         return delta_rule_chunked(q, k, v, log_alpha, beta, chunk_size, state)
 
-    assert torch.autograd.gradcheck(loss_terms, inputs)
+    assert torch.autograd.gradcheck(rule, inputs)
 
 
 def test_chunked_backward_with_one_unused_output():
